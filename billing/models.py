@@ -1,0 +1,1 @@
+"""Billing tables (payments, outbox, webhook events). Filled by the billing issue."""

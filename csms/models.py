@@ -1,0 +1,195 @@
+"""Database tables of the OCPP side (SQLModel on SQLAlchemy 2).
+
+One transaction model serves OCPP 1.6 and 2.0.1: ``Transaction.ocpp_id`` is the id on the wire
+(1.6: the integer we issued, as text; 2.0.1: the station's string), ``Transaction.id`` is ours.
+Times are timezone-aware UTC; energy is Wh; current A; power W; voltage V.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """The server's clock, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def _ts(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable))
+
+
+class ChargePoint(SQLModel, table=True):
+    """A registered charge point / charging station, keyed by its decoded identity."""
+
+    __tablename__ = "charge_point"
+
+    id: str = Field(primary_key=True, max_length=255)
+    password_hash: str | None = Field(default=None, sa_column=Column(Text))
+    security_profile: int = 1
+    ocpp_version: str | None = None
+    vendor: str | None = Field(default=None, sa_column=Column(Text))
+    model: str | None = Field(default=None, sa_column=Column(Text))
+    serial_number: str | None = Field(default=None, sa_column=Column(Text))
+    charge_box_serial_number: str | None = Field(default=None, sa_column=Column(Text))
+    firmware_version: str | None = Field(default=None, sa_column=Column(Text))
+    iccid: str | None = Field(default=None, sa_column=Column(Text))
+    imsi: str | None = Field(default=None, sa_column=Column(Text))
+    meter_type: str | None = Field(default=None, sa_column=Column(Text))
+    meter_serial_number: str | None = Field(default=None, sa_column=Column(Text))
+    boot_reason: str | None = None
+    last_boot_at: datetime | None = _ts()
+    connected: bool = False
+    last_seen: datetime | None = _ts()
+    session_relative_meter: bool | None = None
+    """Learned: in-transaction MeterValues count from 0 instead of the lifetime register."""
+    firmware_status: str | None = None
+    diagnostics_status: str | None = None
+    tariff_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+
+
+class Connector(SQLModel, table=True):
+    """Status of one connector (1.6 connectorId; 2.0.1 EVSE id + connector id)."""
+
+    __tablename__ = "connector"
+
+    charge_point_id: str = Field(primary_key=True, foreign_key="charge_point.id", max_length=255)
+    connector_id: int = Field(primary_key=True)
+    """1.6 connectorId (0 = the charge point); for 2.0.1 the EVSE id."""
+    evse_connector_id: int | None = None
+    status: str | None = None
+    error_code: str | None = None
+    raw_error_code: str | None = None
+    info: str | None = Field(default=None, sa_column=Column(Text))
+    vendor_id: str | None = Field(default=None, sa_column=Column(Text))
+    vendor_error_code: str | None = Field(default=None, sa_column=Column(Text))
+    status_timestamp: datetime | None = _ts()
+    status_timestamp_raw: str | None = None
+    updated_at: datetime | None = _ts()
+
+
+class IdTag(SQLModel, table=True):
+    """Operator-managed idTag (staff, fleets): authorised without payment. Canonical upper case."""
+
+    __tablename__ = "id_tag"
+
+    id_tag: str = Field(primary_key=True, max_length=255)
+    status: str = "Accepted"
+    expiry_date: datetime | None = _ts()
+    parent_id_tag: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+
+
+class Transaction(SQLModel, table=True):
+    """A charging transaction; ``id`` is issued by the database and is the 1.6 transactionId."""
+
+    __tablename__ = "transaction"
+    __table_args__ = (
+        Index("ix_transaction_cp_ocpp", "charge_point_id", "ocpp_id"),
+        Index("ix_transaction_status", "status"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True))
+    ocpp_id: str | None = Field(default=None, max_length=64)
+    charge_point_id: str = Field(foreign_key="charge_point.id", max_length=255)
+    connector_id: int | None = None
+    id_tag: str | None = None
+    id_tag_raw: str | None = Field(default=None, sa_column=Column(Text))
+    status: str = "active"
+    """active | completed | orphan (stopped without a known start)."""
+    meter_start: int | None = Field(default=None, sa_column=Column(BigInteger))
+    meter_stop: int | None = Field(default=None, sa_column=Column(BigInteger))
+    energy_wh: int | None = Field(default=None, sa_column=Column(BigInteger))
+    meter_state: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    """csms.metering.EnergyState as a dict: baseline, readings seen, session-relative flag."""
+    started_at: datetime | None = _ts()
+    started_at_raw: str | None = None
+    start_received_at: datetime | None = _ts()
+    stopped_at: datetime | None = _ts()
+    stopped_at_raw: str | None = None
+    stop_received_at: datetime | None = _ts()
+    stop_reason: str | None = None
+    flags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    """Review flags: meter_invalid, orphan, placeholder_id, stop_conflict, untrusted_time."""
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+
+
+class MeterSample(SQLModel, table=True):
+    """One normalised sampled value (OCPP 1.6 SampledValue / 2.0.1 SampledValueType)."""
+
+    __tablename__ = "meter_sample"
+    __table_args__ = (Index("ix_meter_sample_tx", "transaction_pk"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    charge_point_id: str = Field(max_length=255)
+    connector_id: int | None = None
+    transaction_pk: int | None = None
+    measurand: str
+    phase: str | None = None
+    location: str | None = None
+    context: str
+    unit: str
+    """Normalised unit: Wh, varh, W, var, VA, A, V, s, %, Celsius, Hz..."""
+    value: float
+    raw_value: str | None = None
+    raw_unit: str | None = None
+    signed_data: str | None = Field(default=None, sa_column=Column(Text))
+    timestamp: datetime | None = _ts()
+    timestamp_raw: str | None = None
+    timestamp_trusted: bool = True
+    received_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+
+
+class OcppEvent(SQLModel, table=True):
+    """Things kept for review: duplicate or unknown stops, conflicts, schema deviations, statuses."""
+
+    __tablename__ = "ocpp_event"
+    __table_args__ = (Index("ix_ocpp_event_cp_kind", "charge_point_id", "kind"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    charge_point_id: str = Field(max_length=255)
+    kind: str
+    """e.g. stop_duplicate, stop_unknown, stop_conflict, schema_warning, firmware_status,
+    diagnostics_status, data_transfer."""
+    transaction_pk: int | None = None
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+
+
+class Command(SQLModel, table=True):
+    """A CSMS-initiated call and its outcome (sent | answered | error | timeout)."""
+
+    __tablename__ = "command"
+
+    id: int | None = Field(default=None, primary_key=True)
+    charge_point_id: str = Field(max_length=255)
+    action: str
+    message_id: str
+    request: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    response: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    status: str = "sent"
+    error_code: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    answered_at: datetime | None = _ts()
+
+
+class ApiToken(SQLModel, table=True):
+    """An API bearer token, stored as its SHA-256 (tokens are 256-bit random)."""
+
+    __tablename__ = "api_token"
+    __table_args__ = (UniqueConstraint("token_hash"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64)
+    role: str = "operator"
+    """operator | driver"""
+    subject: str | None = None
+    """The driver id for a driver token."""
+    name: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
