@@ -10,8 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from billing.sqltypes import UtcDateTime
 
 
 def utcnow() -> datetime:
@@ -20,7 +22,7 @@ def utcnow() -> datetime:
 
 
 def _ts(nullable: bool = True) -> Any:
-    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable))
+    return Field(default=None, sa_column=Column(UtcDateTime(), nullable=nullable))
 
 
 class ChargePoint(SQLModel, table=True):
@@ -50,7 +52,7 @@ class ChargePoint(SQLModel, table=True):
     firmware_status: str | None = None
     diagnostics_status: str | None = None
     tariff_id: str | None = None
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
 
 
 class Connector(SQLModel, table=True):
@@ -82,7 +84,7 @@ class IdTag(SQLModel, table=True):
     status: str = "Accepted"
     expiry_date: datetime | None = _ts()
     parent_id_tag: str | None = None
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
 
 
 class Transaction(SQLModel, table=True):
@@ -117,7 +119,7 @@ class Transaction(SQLModel, table=True):
     stop_reason: str | None = None
     flags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     """Review flags: meter_invalid, orphan, placeholder_id, stop_conflict, untrusted_time."""
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
 
 
 class MeterSample(SQLModel, table=True):
@@ -135,15 +137,16 @@ class MeterSample(SQLModel, table=True):
     location: str | None = None
     context: str
     unit: str
-    """Normalised unit: Wh, varh, W, var, VA, A, V, s, %, Celsius, Hz..."""
-    value: float
+    """Normalised unit: Wh, varh, W, var, VA, A, V, s, Percent, Celsius, Hertz..."""
+    value: float | None = None
+    """In ``unit``; None for a 1.6 SignedData sample (the signed block is in ``signed_data``)."""
     raw_value: str | None = None
     raw_unit: str | None = None
     signed_data: str | None = Field(default=None, sa_column=Column(Text))
     timestamp: datetime | None = _ts()
     timestamp_raw: str | None = None
     timestamp_trusted: bool = True
-    received_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    received_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
 
 
 class OcppEvent(SQLModel, table=True):
@@ -159,7 +162,7 @@ class OcppEvent(SQLModel, table=True):
     diagnostics_status, data_transfer."""
     transaction_pk: int | None = None
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
 
 
 class Command(SQLModel, table=True):
@@ -175,7 +178,7 @@ class Command(SQLModel, table=True):
     response: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     status: str = "sent"
     error_code: str | None = None
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
     answered_at: datetime | None = _ts()
 
 
@@ -192,4 +195,4 @@ class ApiToken(SQLModel, table=True):
     subject: str | None = None
     """The driver id for a driver token."""
     name: str | None = None
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 import sqlmodel
+
+import billing.sqltypes
 from alembic import op
 ${imports if imports else ""}
 

@@ -1,0 +1,59 @@
+"""The ``csms`` command: ``serve`` (migrate, then run), ``migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from csms.settings import ConfigError, Settings, load_settings
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets.server").setLevel(logging.WARNING)
+
+
+async def _serve(settings: Settings) -> None:
+    from csms.app import Csms
+
+    app = Csms(settings)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"csms: OCPP on port {app.ocpp_port}, API on port {app.api_port}", flush=True)
+    await stop.wait()
+    await app.stop()
+
+
+async def _migrate(settings: Settings) -> None:
+    from csms.migrate import upgrade
+
+    await upgrade(settings.database_url)
+    print("csms: database is up to date", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``csms`` console script. Returns the exit status."""
+    parser = argparse.ArgumentParser(prog="csms", description="OCPP central system")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="apply migrations and run the OCPP endpoint and the HTTP API")
+    sub.add_parser("migrate", help="apply database migrations and exit")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"csms: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    runner = {"serve": _serve, "migrate": _migrate}[args.command]
+    asyncio.run(runner(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""CSMS-initiated calls, the same for every OCPP version: a typed result or a typed error.
+
+``call`` validates the request against the action's schema for the charger's version, records
+it (``command`` table), sends it and waits (``CSMS_COMMAND_TIMEOUT`` seconds by default). It
+returns the charger's CALLRESULT payload or raises one of :mod:`csms.errors` - never None.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from csms.db import Database
+from csms.errors import CallFailed, CallRejected, CallTimeout, InvalidRequest, NotConnected, NotFound
+from csms.models import ChargePoint, Command, utcnow
+from csms.ocpp import rpc
+from csms.ocpp.rpc import OcppError
+from csms.ocpp.server import ConnectionRegistry
+
+log = logging.getLogger(__name__)
+
+
+def _coerce_configuration(payload: dict[str, Any]) -> dict[str, Any]:
+    """GetConfiguration.conf values must be strings (OCPP 1.6 §6.23); some chargers send
+    numbers or booleans (field case Q10): turn them into strings."""
+    for item in payload.get("configurationKey") or []:
+        if isinstance(item, dict) and "value" in item and not isinstance(item["value"], str):
+            value = item["value"]
+            item["value"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return payload
+
+
+_RESPONSE_FIXERS = {"GetConfiguration": _coerce_configuration}
+
+
+class CommandService:
+    """Sends commands to connected chargers and records each with its outcome."""
+
+    def __init__(self, registry: ConnectionRegistry, db: Database, timeout: float) -> None:
+        self.registry = registry
+        self.db = db
+        self.timeout = timeout
+
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any],
+                   timeout: float | None = None) -> dict[str, Any]:
+        """Send ``action`` with ``payload`` (OCPP field names) to ``cp_id``.
+
+        Returns:
+            the charger's CALLRESULT payload.
+
+        Raises:
+            NotFound: unknown charge point.
+            NotConnected: registered but not connected.
+            InvalidRequest: unknown action for the charger's version, or the payload fails the
+                action's schema (``field`` names the field).
+            CallTimeout / CallRejected / ConnectionLost: see :mod:`csms.errors`.
+        """
+        conn = self.registry.get(cp_id)
+        if conn is None:
+            exists = await self.db.read(lambda s: s.get(ChargePoint, cp_id))
+            if exists is None:
+                raise NotFound(f"unknown charge point {cp_id!r}", field="charge_point_id")
+            raise NotConnected(f"charge point {cp_id!r} is not connected")
+        if not rpc.has_schema(conn.version, action):
+            raise InvalidRequest(f"{action} is not an OCPP {conn.version} action", field="action")
+        try:
+            rpc.validate(conn.version, action, payload)
+        except OcppError as exc:
+            raise InvalidRequest(exc.description, field=exc.details.get("field")) from None
+
+        async def record(s: AsyncSession) -> int:
+            cmd = Command(charge_point_id=cp_id, action=action, message_id="", request=payload)
+            s.add(cmd)
+            await s.flush()
+            assert cmd.id is not None
+            return cmd.id
+
+        command_id = await self.db.write(record)
+        status, response, error_code = "answered", None, None
+        try:
+            response = await conn.call(action, payload, timeout or self.timeout)
+            fixer = _RESPONSE_FIXERS.get(action)
+            if fixer is not None:
+                response = fixer(response)
+            try:
+                rpc.validate(conn.version, action, response, response=True)
+            except (OcppError, KeyError) as exc:
+                log.warning("%s: %s response deviates from the schema: %s", cp_id, action, exc)
+            return response
+        except CallTimeout:
+            status = "timeout"
+            raise
+        except CallRejected as exc:
+            status, error_code = "error", exc.ocpp_code
+            raise
+        except CallFailed:
+            status = "connection_lost"
+            raise
+        finally:
+            async def finish(s: AsyncSession) -> None:
+                cmd = await s.get(Command, command_id)
+                if cmd is not None:
+                    cmd.status = status
+                    cmd.response = response
+                    cmd.error_code = error_code
+                    cmd.answered_at = utcnow()
+
+            await self.db.write(finish)
+
+    async def remote_start(self, cp_id: str, connector_id: int, id_tag: str,
+                           remote_start_id: int | None = None) -> str:
+        """Ask the charger to start a transaction; returns Accepted | Rejected.
+        (1.6 RemoteStartTransaction §5.11; 2.0.1 RequestStartTransaction F01.)"""
+        conn = self.registry.get(cp_id)
+        if conn is not None and conn.version == rpc.OCPP201:
+            payload: dict[str, Any] = {"evseId": connector_id, "idToken": {
+                "idToken": id_tag, "type": "Central"}, "remoteStartId": remote_start_id or 0}
+            result = await self.call(cp_id, "RequestStartTransaction", payload)
+        else:
+            result = await self.call(cp_id, "RemoteStartTransaction",
+                                     {"connectorId": connector_id, "idTag": id_tag})
+        return str(result.get("status"))
+
+    async def remote_stop(self, cp_id: str, ocpp_transaction_id: str) -> str:
+        """Ask the charger to stop a transaction; returns Accepted | Rejected.
+        (1.6 RemoteStopTransaction §5.12; 2.0.1 RequestStopTransaction F03.)"""
+        conn = self.registry.get(cp_id)
+        if conn is not None and conn.version == rpc.OCPP201:
+            result = await self.call(cp_id, "RequestStopTransaction",
+                                     {"transactionId": ocpp_transaction_id})
+        else:
+            result = await self.call(cp_id, "RemoteStopTransaction",
+                                     {"transactionId": int(ocpp_transaction_id)})
+        return str(result.get("status"))

@@ -1,0 +1,81 @@
+"""The errors of the CSMS core, one tree (the API maps each class to one HTTP status)::
+
+    CsmsError
+     +-- NotFound              unknown charge point, transaction, ...        -> 404
+     +-- Conflict              state does not allow it                       -> 409
+     |    +-- NotConnected     the charge point has no open websocket        -> 409
+     +-- InvalidRequest        a payload fails its schema (names the field)  -> 400
+     +-- CallFailed            a CSMS-initiated call did not succeed
+          +-- CallTimeout      no answer within the timeout                  -> 504
+          +-- CallRejected     the charger answered a CALLERROR              -> 502
+          +-- ConnectionLost   the socket closed while we waited             -> 502
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CsmsError(Exception):
+    """Base of all CSMS errors. ``code`` is a stable machine-readable string."""
+
+    code = "error"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class NotFound(CsmsError):
+    """The thing named does not exist (or is not visible to the caller)."""
+
+    code = "not_found"
+
+
+class Conflict(CsmsError):
+    """The current state does not allow the request."""
+
+    code = "conflict"
+
+
+class NotConnected(Conflict):
+    """The charge point is registered but has no open connection."""
+
+    code = "not_connected"
+
+
+class InvalidRequest(CsmsError):
+    """Bad input; ``field`` names the offending field."""
+
+    code = "invalid_request"
+
+
+class CallFailed(CsmsError):
+    """A CSMS-initiated OCPP call did not return a CALLRESULT."""
+
+    code = "call_failed"
+
+
+class CallTimeout(CallFailed):
+    """No answer within the timeout (seconds in the message)."""
+
+    code = "timeout"
+
+
+class ConnectionLost(CallFailed):
+    """The websocket closed (or was replaced) before the answer came."""
+
+    code = "connection_lost"
+
+
+class CallRejected(CallFailed):
+    """The charger answered with a CALLERROR; ``ocpp_code`` is its error code as sent."""
+
+    code = "call_error"
+
+    def __init__(self, ocpp_code: str, description: str, details: dict[str, Any]) -> None:
+        super().__init__(f"charger answered CALLERROR {ocpp_code}: {description}")
+        self.ocpp_code = ocpp_code
+        self.description = description
+        self.details = details
