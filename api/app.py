@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from csms.commands import CommandService
 from csms.db import Database
@@ -79,8 +80,7 @@ def hash_token(token: str) -> str:
 def json_response(data: Any, status: int = 200) -> web.Response:
     """A JSON response serialised with orjson (datetimes as ISO 8601)."""
     body = orjson.dumps(data, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
-    return web.Response(body=body, status=status,
-                        content_type="application/json")
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 def _default(value: Any) -> Any:
@@ -89,8 +89,9 @@ def _default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None,
-                   **extra: Any) -> web.Response:
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, **extra: Any
+) -> web.Response:
     """The one error shape of the API."""
     body: dict[str, Any] = {"code": code, "message": message, "field": field}
     body.update(extra)
@@ -98,8 +99,12 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 
 
 _STATUS: list[tuple[type[CsmsError], int]] = [
-    (NotFound, 404), (Conflict, 409), (InvalidRequest, 400), (CallTimeout, 504),
-    (CallRejected, 502), (ConnectionLost, 502),
+    (NotFound, 404),
+    (Conflict, 409),
+    (InvalidRequest, 400),
+    (CallTimeout, 504),
+    (CallRejected, 502),
+    (ConnectionLost, 502),
 ]
 
 
@@ -124,15 +129,15 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, "internal_error", "internal error")
 
 
-PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/api/v1/openapi.json",
-                          "/api/v1/stripe/webhook"})
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/api/v1/openapi.json", "/api/v1/stripe/webhook"})
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Resolve the Bearer token to a :class:`Principal` (401 without a valid one)."""
-    if request.path in PUBLIC_PATHS or (request.method == "POST"
-                                        and request.path == "/api/v1/drivers"):
+    if request.path in PUBLIC_PATHS or (
+        request.method == "POST" and request.path == "/api/v1/drivers"
+    ):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -146,8 +151,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         digest = hash_token(token)
 
         async def lookup(s: AsyncSession) -> ApiToken | None:
-            return (await s.execute(select(ApiToken).where(ApiToken.token_hash == digest))
-                    ).scalars().first()
+            return (
+                (await s.execute(select(ApiToken).where(col(ApiToken.token_hash) == digest)))
+                .scalars()
+                .first()
+            )
 
         row = await ctx.db.read(lookup)
         if row is not None:
@@ -181,6 +189,7 @@ async def read_body(request: web.Request, model: type[BaseModel]) -> Any:
 
 
 # -- bodies ---------------------------------------------------------------------------------
+
 
 class ChargePointIn(BaseModel):
     """PUT /api/v1/charge-points/{id}."""
@@ -242,18 +251,30 @@ async def create_operator_token(request: web.Request) -> web.Response:
     return json_response({"token": token, "name": body.name}, 201)
 
 
-def charge_point_json(cp: ChargePoint, connectors: list[Connector], connected: bool
-                      ) -> dict[str, Any]:
+def charge_point_json(
+    cp: ChargePoint, connectors: list[Connector], connected: bool
+) -> dict[str, Any]:
     """The API shape of a charge point."""
     return {
-        "id": cp.id, "connected": connected, "last_seen": cp.last_seen,
-        "ocpp_version": cp.ocpp_version, "security_profile": cp.security_profile,
-        "vendor": cp.vendor, "model": cp.model, "serial_number": cp.serial_number,
+        "id": cp.id,
+        "connected": connected,
+        "last_seen": cp.last_seen,
+        "ocpp_version": cp.ocpp_version,
+        "security_profile": cp.security_profile,
+        "vendor": cp.vendor,
+        "model": cp.model,
+        "serial_number": cp.serial_number,
         "charge_box_serial_number": cp.charge_box_serial_number,
-        "firmware_version": cp.firmware_version, "tariff_id": cp.tariff_id,
+        "firmware_version": cp.firmware_version,
+        "tariff_id": cp.tariff_id,
         "connectors": [
-            {"connector_id": c.connector_id, "status": c.status, "error_code": c.error_code,
-             "raw_error_code": c.raw_error_code, "updated_at": c.updated_at}
+            {
+                "connector_id": c.connector_id,
+                "status": c.status,
+                "error_code": c.error_code,
+                "raw_error_code": c.raw_error_code,
+                "updated_at": c.updated_at,
+            }
             for c in sorted(connectors, key=lambda c: c.connector_id)
         ],
     }
@@ -268,6 +289,7 @@ async def put_charge_point(request: web.Request) -> web.Response:
         raise InvalidRequest("charge point id must be 1-48 printable characters", field="id")
     body: ChargePointIn = await read_body(request, ChargePointIn)
     if body.security_profile in (1, 2) and not body.password:
+
         async def has_password(s: AsyncSession) -> bool:
             cp = await s.get(ChargePoint, cp_id)
             return cp is not None and cp.password_hash is not None
@@ -294,14 +316,16 @@ async def put_charge_point(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     cp, created = await ctx.db.write(unit)
     connectors = await ctx.db.read(lambda s: _connectors(s, cp_id))
-    return json_response(charge_point_json(cp, connectors, ctx.registry.get(cp_id) is not None),
-                         201 if created else 200)
+    return json_response(
+        charge_point_json(cp, connectors, ctx.registry.get(cp_id) is not None),
+        201 if created else 200,
+    )
 
 
 async def _connectors(s: AsyncSession, cp_id: str | None = None) -> list[Connector]:
     q = select(Connector)
     if cp_id is not None:
-        q = q.where(Connector.charge_point_id == cp_id)
+        q = q.where(col(Connector.charge_point_id) == cp_id)
     return list((await s.execute(q)).scalars())
 
 
@@ -319,10 +343,14 @@ async def list_charge_points(request: web.Request) -> web.Response:
     by_cp: dict[str, list[Connector]] = {}
     for c in connectors:
         by_cp.setdefault(c.charge_point_id, []).append(c)
-    return json_response({"items": [
-        charge_point_json(cp, by_cp.get(cp.id, []), ctx.registry.get(cp.id) is not None)
-        for cp in cps
-    ]})
+    return json_response(
+        {
+            "items": [
+                charge_point_json(cp, by_cp.get(cp.id, []), ctx.registry.get(cp.id) is not None)
+                for cp in cps
+            ]
+        }
+    )
 
 
 @routes.get("/api/v1/charge-points/{id}")
@@ -361,8 +389,12 @@ async def command(request: web.Request) -> web.Response:
 
 def id_tag_json(tag: IdTag) -> dict[str, Any]:
     """The API shape of an operator-managed id tag."""
-    return {"id_tag": tag.id_tag, "status": tag.status, "expiry_date": tag.expiry_date,
-            "parent_id_tag": tag.parent_id_tag}
+    return {
+        "id_tag": tag.id_tag,
+        "status": tag.status,
+        "expiry_date": tag.expiry_date,
+        "parent_id_tag": tag.parent_id_tag,
+    }
 
 
 @routes.put("/api/v1/id-tags/{idTag}")
@@ -391,8 +423,7 @@ async def put_id_tag(request: web.Request) -> web.Response:
 async def list_id_tags(request: web.Request) -> web.Response:
     """Operator-managed id tags."""
     require_operator(request)
-    rows = await request.app[CTX].db.read(
-        lambda s: s.execute(select(IdTag).order_by(IdTag.id_tag)))
+    rows = await request.app[CTX].db.read(lambda s: s.execute(select(IdTag).order_by(IdTag.id_tag)))
     return json_response({"items": [id_tag_json(t) for t in rows.scalars()]})
 
 
@@ -403,15 +434,25 @@ def transaction_json(tx: Transaction) -> dict[str, Any]:
     if wire is not None and wire.lstrip("-").isdigit():
         wire = int(wire)
     return {
-        "id": tx.id, "transaction_id": wire, "charge_point_id": tx.charge_point_id,
-        "connector_id": tx.connector_id, "id_tag": tx.id_tag, "status": tx.status,
-        "meter_start": tx.meter_start, "meter_stop": tx.meter_stop,
+        "id": tx.id,
+        "transaction_id": wire,
+        "charge_point_id": tx.charge_point_id,
+        "connector_id": tx.connector_id,
+        "id_tag": tx.id_tag,
+        "status": tx.status,
+        "meter_start": tx.meter_start,
+        "meter_stop": tx.meter_stop,
         "energy_wh": energy_so_far(EnergyState.from_dict(tx.meter_state))
-        if tx.status == "active" else tx.energy_wh,
-        "started_at": tx.started_at, "stopped_at": tx.stopped_at,
-        "started_at_raw": tx.started_at_raw, "stopped_at_raw": tx.stopped_at_raw,
-        "start_received_at": tx.start_received_at, "stop_received_at": tx.stop_received_at,
-        "stop_reason": tx.stop_reason, "flags": tx.flags,
+        if tx.status == "active"
+        else tx.energy_wh,
+        "started_at": tx.started_at,
+        "stopped_at": tx.stopped_at,
+        "started_at_raw": tx.started_at_raw,
+        "stopped_at_raw": tx.stopped_at_raw,
+        "start_received_at": tx.start_received_at,
+        "stop_received_at": tx.stop_received_at,
+        "stop_reason": tx.stop_reason,
+        "flags": tx.flags,
     }
 
 
@@ -422,29 +463,30 @@ async def list_transactions(request: web.Request) -> web.Response:
     require_operator(request)
     q = select(Transaction)
     if cp := request.query.get("charge_point_id"):
-        q = q.where(Transaction.charge_point_id == cp)
+        q = q.where(col(Transaction.charge_point_id) == cp)
     if status := request.query.get("status"):
         if status not in ("active", "completed", "orphan"):
             raise InvalidRequest("status must be active, completed or orphan", field="status")
-        q = q.where(Transaction.status == status)
+        q = q.where(col(Transaction.status) == status)
     if since := request.query.get("since"):
         parsed = parse_timestamp(since, datetime.now().astimezone())
         if parsed.value is None:
             raise InvalidRequest("since must be an ISO 8601 time", field="since")
-        q = q.where(Transaction.started_at >= parsed.value)  # type: ignore[operator]
+        q = q.where(col(Transaction.started_at) >= parsed.value)
     try:
         limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
     except ValueError:
         raise InvalidRequest("limit must be an integer", field="limit") from None
-    q = q.order_by(Transaction.id.desc()).limit(limit)  # type: ignore[union-attr]
+    q = q.order_by(col(Transaction.id).desc()).limit(limit)
     rows = await request.app[CTX].db.read(lambda s: s.execute(q))
     return json_response({"items": [transaction_json(t) for t in rows.scalars()]})
 
 
 def build_app(ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None) -> web.Application:
     """The aiohttp application; ``extra_routes`` lets the composition root add billing's."""
-    app = web.Application(middlewares=[errors_middleware, auth_middleware],
-                           client_max_size=1024 * 1024)
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware], client_max_size=1024 * 1024
+    )
     app[CTX] = ctx
     app.add_routes(routes)
     if extra_routes:

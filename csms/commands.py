@@ -13,7 +13,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from csms.db import Database
-from csms.errors import CallFailed, CallRejected, CallTimeout, InvalidRequest, NotConnected, NotFound
+from csms.errors import (
+    CallFailed,
+    CallRejected,
+    CallTimeout,
+    InvalidRequest,
+    NotConnected,
+    NotFound,
+)
 from csms.models import ChargePoint, Command, utcnow
 from csms.ocpp import rpc
 from csms.ocpp.rpc import OcppError
@@ -43,8 +50,9 @@ class CommandService:
         self.db = db
         self.timeout = timeout
 
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any],
-                   timeout: float | None = None) -> dict[str, Any]:
+    async def call(
+        self, cp_id: str, action: str, payload: dict[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
         """Send ``action`` with ``payload`` (OCPP field names) to ``cp_id``.
 
         Returns:
@@ -99,6 +107,7 @@ class CommandService:
             status = "connection_lost"
             raise
         finally:
+
             async def finish(s: AsyncSession) -> None:
                 cmd = await s.get(Command, command_id)
                 if cmd is not None:
@@ -109,18 +118,23 @@ class CommandService:
 
             await self.db.write(finish)
 
-    async def remote_start(self, cp_id: str, connector_id: int, id_tag: str,
-                           remote_start_id: int | None = None) -> str:
+    async def remote_start(
+        self, cp_id: str, connector_id: int, id_tag: str, remote_start_id: int | None = None
+    ) -> str:
         """Ask the charger to start a transaction; returns Accepted | Rejected.
         (1.6 RemoteStartTransaction §5.11; 2.0.1 RequestStartTransaction F01.)"""
         conn = self.registry.get(cp_id)
         if conn is not None and conn.version == rpc.OCPP201:
-            payload: dict[str, Any] = {"evseId": connector_id, "idToken": {
-                "idToken": id_tag, "type": "Central"}, "remoteStartId": remote_start_id or 0}
+            payload: dict[str, Any] = {
+                "evseId": connector_id,
+                "idToken": {"idToken": id_tag, "type": "Central"},
+                "remoteStartId": remote_start_id or 0,
+            }
             result = await self.call(cp_id, "RequestStartTransaction", payload)
         else:
-            result = await self.call(cp_id, "RemoteStartTransaction",
-                                     {"connectorId": connector_id, "idTag": id_tag})
+            result = await self.call(
+                cp_id, "RemoteStartTransaction", {"connectorId": connector_id, "idTag": id_tag}
+            )
         return str(result.get("status"))
 
     async def remote_stop(self, cp_id: str, ocpp_transaction_id: str) -> str:
@@ -128,9 +142,11 @@ class CommandService:
         (1.6 RemoteStopTransaction §5.12; 2.0.1 RequestStopTransaction F03.)"""
         conn = self.registry.get(cp_id)
         if conn is not None and conn.version == rpc.OCPP201:
-            result = await self.call(cp_id, "RequestStopTransaction",
-                                     {"transactionId": ocpp_transaction_id})
+            result = await self.call(
+                cp_id, "RequestStopTransaction", {"transactionId": ocpp_transaction_id}
+            )
         else:
-            result = await self.call(cp_id, "RemoteStopTransaction",
-                                     {"transactionId": int(ocpp_transaction_id)})
+            result = await self.call(
+                cp_id, "RemoteStopTransaction", {"transactionId": int(ocpp_transaction_id)}
+            )
         return str(result.get("status"))

@@ -1,14 +1,14 @@
 """The errors of the CSMS core, one tree (the API maps each class to one HTTP status)::
 
-    CsmsError
-     +-- NotFound              unknown charge point, transaction, ...        -> 404
-     +-- Conflict              state does not allow it                       -> 409
-     |    +-- NotConnected     the charge point has no open websocket        -> 409
-     +-- InvalidRequest        a payload fails its schema (names the field)  -> 400
-     +-- CallFailed            a CSMS-initiated call did not succeed
-          +-- CallTimeout      no answer within the timeout                  -> 504
-          +-- CallRejected     the charger answered a CALLERROR              -> 502
-          +-- ConnectionLost   the socket closed while we waited             -> 502
+CsmsError
+ +-- NotFound              unknown charge point, transaction, ...        -> 404
+ +-- Conflict              state does not allow it                       -> 409
+ |    +-- NotConnected     the charge point has no open websocket        -> 409
+ +-- InvalidRequest        a payload fails its schema (names the field)  -> 400
+ +-- CallFailed            a CSMS-initiated call did not succeed
+      +-- CallTimeout      no answer within the timeout                  -> 504
+      +-- CallRejected     the charger answered a CALLERROR              -> 502
+      +-- ConnectionLost   the socket closed while we waited             -> 502
 """
 
 from __future__ import annotations

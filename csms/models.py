@@ -96,8 +96,12 @@ class Transaction(SQLModel, table=True):
         Index("ix_transaction_status", "status"),
     )
 
-    id: int | None = Field(default=None, sa_column=Column(
-        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True))
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
     ocpp_id: str | None = Field(default=None, max_length=64)
     charge_point_id: str = Field(foreign_key="charge_point.id", max_length=255)
     connector_id: int | None = None
@@ -108,7 +112,9 @@ class Transaction(SQLModel, table=True):
     meter_start: int | None = Field(default=None, sa_column=Column(BigInteger))
     meter_stop: int | None = Field(default=None, sa_column=Column(BigInteger))
     energy_wh: int | None = Field(default=None, sa_column=Column(BigInteger))
-    meter_state: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    meter_state: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
     """csms.metering.EnergyState as a dict: baseline, readings seen, session-relative flag."""
     started_at: datetime | None = _ts()
     started_at_raw: str | None = None
@@ -150,7 +156,8 @@ class MeterSample(SQLModel, table=True):
 
 
 class OcppEvent(SQLModel, table=True):
-    """Things kept for review: duplicate or unknown stops, conflicts, schema deviations, statuses."""
+    """Things kept for review: duplicate or unknown stops, conflicts, schema deviations,
+    statuses."""
 
     __tablename__ = "ocpp_event"
     __table_args__ = (Index("ix_ocpp_event_cp_kind", "charge_point_id", "kind"),)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from csms.db import Database
 from csms.metering import EnergyState, Sample, energy_so_far, new_state, observe, settle_energy
@@ -59,7 +60,9 @@ class AuthResult:
 class Authorizer(Protocol):
     """Decides whether an id tag may charge. The lifeline adds drivers' paid tags."""
 
-    async def authorize(self, session: AsyncSession, charge_point_id: str, id_tag: str) -> AuthResult:
+    async def authorize(
+        self, session: AsyncSession, charge_point_id: str, id_tag: str
+    ) -> AuthResult:
         """Authorise the canonical ``id_tag`` at ``charge_point_id``."""
         ...
 
@@ -68,7 +71,9 @@ class OperatorTagAuthorizer:
     """Operator-managed tags (staff, fleets): Accepted / Blocked / Expired by status and
     ``expiry_date``; unknown tags are Invalid."""
 
-    async def authorize(self, session: AsyncSession, charge_point_id: str, id_tag: str) -> AuthResult:
+    async def authorize(
+        self, session: AsyncSession, charge_point_id: str, id_tag: str
+    ) -> AuthResult:
         tag = await session.get(IdTag, id_tag)
         if tag is None:
             return AuthResult("Invalid", reason="unknown id tag")
@@ -184,9 +189,14 @@ class ChargingService:
         """Set gauges from the database (at start)."""
 
         async def count(s: AsyncSession) -> int:
-            return int(await s.scalar(
-                select(func.count()).select_from(Transaction).where(Transaction.status == "active")
-            ) or 0)
+            return int(
+                await s.scalar(
+                    select(func.count())
+                    .select_from(Transaction)
+                    .where(col(Transaction.status) == "active")
+                )
+                or 0
+            )
 
         self.metrics.active_transactions.set(await self.db.read(count))
 
@@ -199,7 +209,9 @@ class ChargingService:
             values: dict[str, Any] = {"connected": connected, "last_seen": utcnow()}
             if connected:
                 values["ocpp_version"] = version
-            await s.execute(update(ChargePoint).where(ChargePoint.id == cp_id).values(**values))
+            await s.execute(
+                update(ChargePoint).where(col(ChargePoint.id) == cp_id).values(**values)
+            )
 
         await self.db.write(unit)
 
@@ -208,7 +220,9 @@ class ChargingService:
 
         async def unit(s: AsyncSession) -> None:
             for cp_id, when in seen.items():
-                await s.execute(update(ChargePoint).where(ChargePoint.id == cp_id).values(last_seen=when))
+                await s.execute(
+                    update(ChargePoint).where(col(ChargePoint.id) == cp_id).values(last_seen=when)
+                )
 
         if seen:
             await self.db.write(unit)
@@ -217,7 +231,11 @@ class ChargingService:
         """At start: no charge point is connected yet."""
 
         async def unit(s: AsyncSession) -> None:
-            await s.execute(update(ChargePoint).where(ChargePoint.connected.is_(True)).values(connected=False))  # type: ignore[attr-defined]
+            await s.execute(
+                update(ChargePoint)
+                .where(col(ChargePoint.connected).is_(True))
+                .values(connected=False)
+            )
 
         await self.db.write(unit)
 
@@ -231,8 +249,15 @@ class ChargingService:
             if cp is None:
                 return "Rejected"
             for name in (
-                "vendor", "model", "serial_number", "charge_box_serial_number", "firmware_version",
-                "iccid", "imsi", "meter_type", "meter_serial_number",
+                "vendor",
+                "model",
+                "serial_number",
+                "charge_box_serial_number",
+                "firmware_version",
+                "iccid",
+                "imsi",
+                "meter_type",
+                "meter_serial_number",
             ):
                 setattr(cp, name, _blank(getattr(info, name)))
             cp.boot_reason = info.reason
@@ -264,17 +289,24 @@ class ChargingService:
 
         await self.db.write(unit)
 
-    async def record_event(self, cp_id: str, kind: str, detail: dict[str, Any],
-                           transaction_pk: int | None = None) -> None:
+    async def record_event(
+        self, cp_id: str, kind: str, detail: dict[str, Any], transaction_pk: int | None = None
+    ) -> None:
         """Keep an event for operators (firmware/diagnostics status, data transfer, anomalies)."""
 
         async def unit(s: AsyncSession) -> None:
-            s.add(OcppEvent(charge_point_id=cp_id, kind=kind, detail=detail,
-                            transaction_pk=transaction_pk))
+            s.add(
+                OcppEvent(
+                    charge_point_id=cp_id, kind=kind, detail=detail, transaction_pk=transaction_pk
+                )
+            )
             if kind in ("firmware_status", "diagnostics_status"):
                 column = kind
-                await s.execute(update(ChargePoint).where(ChargePoint.id == cp_id)
-                                .values({column: detail.get("status")}))
+                await s.execute(
+                    update(ChargePoint)
+                    .where(col(ChargePoint.id) == cp_id)
+                    .values({column: detail.get("status")})
+                )
 
         await self.db.write(unit)
 
@@ -291,7 +323,9 @@ class ChargingService:
 
         result = await self.db.read(fn)
         if result.status != "Accepted":
-            log.info("%s: id tag %s not accepted: %s (%s)", cp_id, tag, result.status, result.reason)
+            log.info(
+                "%s: id tag %s not accepted: %s (%s)", cp_id, tag, result.status, result.reason
+            )
         return result
 
     # -- transactions ---------------------------------------------------------------------
@@ -301,18 +335,21 @@ class ChargingService:
         tag = canonical_id_tag(req.id_tag_raw)
 
         async def unit(s: AsyncSession) -> StartResult:
-            auth = (await self.authorizer.authorize(s, cp_id, tag)) if tag else AuthResult("Invalid")
+            auth = (
+                (await self.authorizer.authorize(s, cp_id, tag)) if tag else AuthResult("Invalid")
+            )
             dup_q = select(Transaction).where(
-                Transaction.charge_point_id == cp_id,
-                Transaction.connector_id == req.connector_id,
-                Transaction.started_at_raw == req.timestamp.raw,
-                Transaction.meter_start == req.meter_start,
-                Transaction.status != "orphan",
+                col(Transaction.charge_point_id) == cp_id,
+                col(Transaction.connector_id) == req.connector_id,
+                col(Transaction.started_at_raw) == req.timestamp.raw,
+                col(Transaction.meter_start) == req.meter_start,
+                col(Transaction.status) != "orphan",
             )
             if req.ocpp_id is not None:
                 dup_q = select(Transaction).where(
-                    Transaction.charge_point_id == cp_id, Transaction.ocpp_id == req.ocpp_id,
-                    Transaction.status != "orphan",
+                    col(Transaction.charge_point_id) == cp_id,
+                    col(Transaction.ocpp_id) == req.ocpp_id,
+                    col(Transaction.status) != "orphan",
                 )
             existing = (await s.execute(dup_q.limit(1))).scalars().first()
             if existing is not None and existing.id is not None:
@@ -320,7 +357,8 @@ class ChargingService:
             cp = await s.get(ChargePoint, cp_id)
             received = utcnow()
             state = new_state(
-                req.meter_start, effective_time(req.timestamp, received),
+                req.meter_start,
+                effective_time(req.timestamp, received),
                 cp.session_relative_meter if cp is not None else None,
             )
             if req.samples:
@@ -384,8 +422,9 @@ class ChargingService:
             received = utcnow()
             tx = await self._find_tx(s, cp_id, req.ocpp_id) if req.ocpp_id is not None else None
             flags: list[str] = []
-            if tx is None and (req.ocpp_id is None or req.ocpp_id in PLACEHOLDER_IDS
-                               or req.ocpp_id.startswith("-")):
+            if tx is None and (
+                req.ocpp_id is None or req.ocpp_id in PLACEHOLDER_IDS or req.ocpp_id.startswith("-")
+            ):
                 tx = await self._match_placeholder(s, cp_id, req)
                 if tx is not None:
                     flags.append("placeholder_id")
@@ -394,11 +433,20 @@ class ChargingService:
             if tx.status != "active":
                 same = tx.meter_stop == req.meter_stop and tx.stopped_at_raw == req.timestamp.raw
                 kind = "stop_duplicate" if same else "stop_conflict"
-                s.add(OcppEvent(charge_point_id=cp_id, kind=kind, transaction_pk=tx.id, detail={
-                    "ocpp_id": req.ocpp_id, "meter_stop": req.meter_stop,
-                    "timestamp": req.timestamp.raw, "reason": req.reason,
-                    "message_id": req.message_id,
-                }))
+                s.add(
+                    OcppEvent(
+                        charge_point_id=cp_id,
+                        kind=kind,
+                        transaction_pk=tx.id,
+                        detail={
+                            "ocpp_id": req.ocpp_id,
+                            "meter_stop": req.meter_stop,
+                            "timestamp": req.timestamp.raw,
+                            "reason": req.reason,
+                            "message_id": req.message_id,
+                        },
+                    )
+                )
                 if not same and "stop_conflict" not in tx.flags:
                     tx.flags = [*tx.flags, "stop_conflict"]
                 return StopResult("duplicate" if same else "conflict", tx.id, tx.energy_wh), None
@@ -437,80 +485,150 @@ class ChargingService:
         return result
 
     async def _find_tx(self, s: AsyncSession, cp_id: str, ocpp_id: str) -> Transaction | None:
-        rows = (await s.execute(
-            select(Transaction).where(
-                Transaction.charge_point_id == cp_id,
-                Transaction.ocpp_id == ocpp_id,
-                Transaction.status != "orphan",
-            ).order_by(Transaction.id.desc()).limit(1)  # type: ignore[union-attr]
-        )).scalars().first()
+        rows = (
+            (
+                await s.execute(
+                    select(Transaction)
+                    .where(
+                        col(Transaction.charge_point_id) == cp_id,
+                        col(Transaction.ocpp_id) == ocpp_id,
+                        col(Transaction.status) != "orphan",
+                    )
+                    .order_by(col(Transaction.id).desc())
+                    .limit(1)
+                )
+            )
+            .scalars()
+            .first()
+        )
         return rows
 
-    async def _match_placeholder(self, s: AsyncSession, cp_id: str, req: StopRequest
-                                 ) -> Transaction | None:
+    async def _match_placeholder(
+        self, s: AsyncSession, cp_id: str, req: StopRequest
+    ) -> Transaction | None:
         """A stop with id -1/0: the single active transaction of the charge point (with the
         same id tag when one is given), else None."""
         q = select(Transaction).where(
-            Transaction.charge_point_id == cp_id, Transaction.status == "active"
+            col(Transaction.charge_point_id) == cp_id, col(Transaction.status) == "active"
         )
         tag = canonical_id_tag(req.id_tag_raw)
         if tag is not None:
-            q = q.where(Transaction.id_tag == tag)
+            q = q.where(col(Transaction.id_tag) == tag)
         rows = list((await s.execute(q.limit(2))).scalars())
         return rows[0] if len(rows) == 1 else None
 
-    async def _orphan(self, s: AsyncSession, cp_id: str, req: StopRequest, received: datetime
-                      ) -> StopResult:
-        existing = (await s.execute(select(Transaction).where(
-            Transaction.charge_point_id == cp_id, Transaction.ocpp_id == req.ocpp_id,
-            Transaction.status == "orphan").limit(1))).scalars().first()
-        detail = {"ocpp_id": req.ocpp_id, "meter_stop": req.meter_stop,
-                  "timestamp": req.timestamp.raw, "reason": req.reason,
-                  "id_tag": req.id_tag_raw, "message_id": req.message_id}
+    async def _orphan(
+        self, s: AsyncSession, cp_id: str, req: StopRequest, received: datetime
+    ) -> StopResult:
+        existing = (
+            (
+                await s.execute(
+                    select(Transaction)
+                    .where(
+                        col(Transaction.charge_point_id) == cp_id,
+                        col(Transaction.ocpp_id) == req.ocpp_id,
+                        col(Transaction.status) == "orphan",
+                    )
+                    .limit(1)
+                )
+            )
+            .scalars()
+            .first()
+        )
+        detail = {
+            "ocpp_id": req.ocpp_id,
+            "meter_stop": req.meter_stop,
+            "timestamp": req.timestamp.raw,
+            "reason": req.reason,
+            "id_tag": req.id_tag_raw,
+            "message_id": req.message_id,
+        }
         if existing is not None:
-            s.add(OcppEvent(charge_point_id=cp_id, kind="stop_duplicate",
-                            transaction_pk=existing.id, detail=detail))
+            s.add(
+                OcppEvent(
+                    charge_point_id=cp_id,
+                    kind="stop_duplicate",
+                    transaction_pk=existing.id,
+                    detail=detail,
+                )
+            )
             return StopResult("duplicate", existing.id, None)
         flags = ["orphan", "review"]
         if req.ocpp_id in PLACEHOLDER_IDS or (req.ocpp_id or "").startswith("-"):
             flags.append("placeholder_id")
         tx = Transaction(
-            charge_point_id=cp_id, ocpp_id=req.ocpp_id, status="orphan",
+            charge_point_id=cp_id,
+            ocpp_id=req.ocpp_id,
+            status="orphan",
             id_tag=canonical_id_tag(req.id_tag_raw),
             id_tag_raw=None if req.id_tag_raw is None else str(req.id_tag_raw),
-            meter_stop=req.meter_stop, energy_wh=None,
-            stopped_at=effective_time(req.timestamp, received), stopped_at_raw=req.timestamp.raw,
-            stop_received_at=received, stop_reason=req.reason, flags=flags,
+            meter_stop=req.meter_stop,
+            energy_wh=None,
+            stopped_at=effective_time(req.timestamp, received),
+            stopped_at_raw=req.timestamp.raw,
+            stop_received_at=received,
+            stop_reason=req.reason,
+            flags=flags,
         )
         s.add(tx)
         await s.flush()
-        s.add(OcppEvent(charge_point_id=cp_id, kind="stop_unknown", transaction_pk=tx.id,
-                        detail=detail))
+        s.add(
+            OcppEvent(
+                charge_point_id=cp_id, kind="stop_unknown", transaction_pk=tx.id, detail=detail
+            )
+        )
         if req.samples:
             await self._insert_samples(s, cp_id, None, tx.id, req.samples)
-        log.warning("%s: StopTransaction for unknown transaction %s kept as orphan %s",
-                    cp_id, req.ocpp_id, tx.id)
+        log.warning(
+            "%s: StopTransaction for unknown transaction %s kept as orphan %s",
+            cp_id,
+            req.ocpp_id,
+            tx.id,
+        )
         return StopResult("orphan", tx.id, None)
 
-    async def _learn_session_relative(self, s: AsyncSession, cp_id: str, state: EnergyState) -> None:
+    async def _learn_session_relative(
+        self, s: AsyncSession, cp_id: str, state: EnergyState
+    ) -> None:
         if state.session_relative is not None:
-            await s.execute(update(ChargePoint).where(
-                ChargePoint.id == cp_id,
-                ChargePoint.session_relative_meter.is_distinct_from(state.session_relative),  # type: ignore[union-attr]
-            ).values(session_relative_meter=state.session_relative))
+            await s.execute(
+                update(ChargePoint)
+                .where(
+                    col(ChargePoint.id) == cp_id,
+                    col(ChargePoint.session_relative_meter).is_distinct_from(
+                        state.session_relative
+                    ),
+                )
+                .values(session_relative_meter=state.session_relative)
+            )
 
-    async def _insert_samples(self, s: AsyncSession, cp_id: str, connector_id: int | None,
-                              tx_pk: int | None, samples: list[Sample]) -> None:
+    async def _insert_samples(
+        self,
+        s: AsyncSession,
+        cp_id: str,
+        connector_id: int | None,
+        tx_pk: int | None,
+        samples: list[Sample],
+    ) -> None:
         received = utcnow()
         rows = [
             {
-                "charge_point_id": cp_id, "connector_id": connector_id, "transaction_pk": tx_pk,
-                "measurand": x.measurand, "phase": x.phase, "location": x.location,
-                "context": x.context, "unit": x.unit,
+                "charge_point_id": cp_id,
+                "connector_id": connector_id,
+                "transaction_pk": tx_pk,
+                "measurand": x.measurand,
+                "phase": x.phase,
+                "location": x.location,
+                "context": x.context,
+                "unit": x.unit,
                 "value": None if x.value is None else float(x.value),
-                "raw_value": x.raw_value, "raw_unit": x.raw_unit, "signed_data": x.signed_data,
-                "timestamp": x.timestamp.value, "timestamp_raw": x.timestamp.raw,
-                "timestamp_trusted": x.timestamp.trusted, "received_at": received,
+                "raw_value": x.raw_value,
+                "raw_unit": x.raw_unit,
+                "signed_data": x.signed_data,
+                "timestamp": x.timestamp.value,
+                "timestamp_raw": x.timestamp.raw,
+                "timestamp_trusted": x.timestamp.trusted,
+                "received_at": received,
             }
             for x in samples
         ]

@@ -1,6 +1,7 @@
 """Settings, read once at start from environment variables (and optionally a TOML file).
 
-Every setting is an environment variable ``CSMS_<NAME>``; an unknown ``CSMS_`` variable is an error (Stripe's are ``STRIPE_API_KEY`` and
+Every setting is an environment variable ``CSMS_<NAME>``; an unknown ``CSMS_`` variable is an
+error (Stripe's are ``STRIPE_API_KEY`` and
 ``STRIPE_WEBHOOK_SECRET``, as Stripe's own tools name them). ``CSMS_CONFIG_FILE`` may name a TOML
 file whose top-level keys are the lower-case setting names without the prefix; environment
 variables win over the file.
@@ -54,7 +55,7 @@ class Settings(BaseModel):
     """CA bundle that signs charger client certificates (security profile 3)."""
 
     auto_register: bool = False
-    """Accept unknown charge point ids (registered on first connect with profile 0). Off by default."""
+    """Accept unknown charge point ids (registered on first connect, profile 0). Off by default."""
 
     ocpp_max_frame_bytes: int = Field(default=16 * 1024 * 1024, ge=4096)
     ocpp_ping_interval: float | None = Field(default=60.0, gt=0)
@@ -68,7 +69,8 @@ class Settings(BaseModel):
     last_seen_flush_interval: float = Field(default=5.0, gt=0)
 
     stripe_api_key: str | None = None
-    """``STRIPE_API_KEY``. Without it the server starts the embedded Stripe emulator: no real money."""
+    """``STRIPE_API_KEY``. Without it the server starts the embedded Stripe emulator (no real
+    money moves)."""
     stripe_webhook_secret: str | None = None
     """``STRIPE_WEBHOOK_SECRET``: the signing secret of the webhook endpoint."""
     stripe_api_base: str | None = None
@@ -87,9 +89,7 @@ class Settings(BaseModel):
     @classmethod
     def _known_driver(cls, value: str) -> str:
         if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-            raise ValueError(
-                "must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
-            )
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
         return value
 
     @model_validator(mode="after")
@@ -128,7 +128,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
     prefix = "CSMS_"
     for key, raw in env.items():
         if key.startswith(prefix) and key != "CSMS_CONFIG_FILE":
-            values[key[len(prefix):].lower()] = raw
+            values[key[len(prefix) :].lower()] = raw
     for key in ("STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET"):
         if env.get(key):
             values[key.lower()] = env[key]
@@ -147,5 +147,8 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
 
 
 def _env_name(field: str) -> str:
-    return field.upper() if field.startswith("stripe_api_key") or field == "stripe_webhook_secret" \
+    return (
+        field.upper()
+        if field.startswith("stripe_api_key") or field == "stripe_webhook_secret"
         else f"CSMS_{field.upper()}"
+    )

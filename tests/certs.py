@@ -21,9 +21,13 @@ def _name(cn: str) -> x509.Name:
 
 def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
     path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    path.with_suffix(".key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    path.with_suffix(".key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
 
 
 @dataclass
@@ -43,12 +47,17 @@ class Pki:
         """A new CA plus a server certificate ``server.crt/.key`` for 127.0.0.1 / localhost."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
-        cert = (x509.CertificateBuilder().subject_name(_name(ca_name)).issuer_name(_name(ca_name))
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(days=1))
-                .not_valid_after(now + dt.timedelta(days=30))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .sign(key, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(ca_name))
+            .issuer_name(_name(ca_name))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
         _write(folder / "ca", cert, key)
         pki = cls(folder, key, cert)
         pki.issue("server", "127.0.0.1", server=True)
@@ -58,15 +67,22 @@ class Pki:
         """Issue ``name.crt`` / ``name.key`` with common name ``cn``; returns (cert, key)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
-        builder = (x509.CertificateBuilder().subject_name(_name(cn))
-                   .issuer_name(self.ca_cert.subject).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number())
-                   .not_valid_before(now - dt.timedelta(days=1))
-                   .not_valid_after(now + dt.timedelta(days=30)))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn))
+            .issuer_name(self.ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+        )
         if server:
-            builder = builder.add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
         cert = builder.sign(self.ca_key, hashes.SHA256())
         _write(self.folder / name, cert, key)
         return self.folder / f"{name}.crt", self.folder / f"{name}.key"
@@ -75,6 +91,7 @@ class Pki:
         """A client TLS context trusting the CA, optionally presenting ``client.crt``."""
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
         if client is not None:
-            ctx.load_cert_chain(str(self.folder / f"{client}.crt"),
-                                str(self.folder / f"{client}.key"))
+            ctx.load_cert_chain(
+                str(self.folder / f"{client}.crt"), str(self.folder / f"{client}.key")
+            )
         return ctx

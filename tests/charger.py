@@ -34,15 +34,25 @@ class RawCharger:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def open(cls, url: str, subprotocols: list[str] | None = None,
-                   headers: dict[str, str] | None = None,
-                   ssl_context: ssl.SSLContext | None = None) -> RawCharger:
+    async def open(
+        cls,
+        url: str,
+        subprotocols: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> RawCharger:
         """Open a websocket to ``url`` (subprotocols default to ``["ocpp1.6"]``; pass ``[]``
         to offer none)."""
         protos = ["ocpp1.6"] if subprotocols is None else subprotocols
-        ws = await connect(url, subprotocols=protos or None,  # type: ignore[arg-type]
-                           additional_headers=headers, ssl=ssl_context, compression=None,
-                           max_size=None, open_timeout=10)
+        ws = await connect(
+            url,
+            subprotocols=protos or None,  # type: ignore[arg-type]
+            additional_headers=headers,
+            ssl=ssl_context,
+            compression=None,
+            max_size=None,
+            open_timeout=10,
+        )
         return cls(ws)
 
     async def _read(self) -> None:
@@ -80,8 +90,9 @@ class RawCharger:
         await self.ws.send(text)
         return await asyncio.wait_for(fut, timeout)
 
-    async def call(self, action: str, payload: dict[str, Any], message_id: str | None = None
-                   ) -> list[Any]:
+    async def call(
+        self, action: str, payload: dict[str, Any], message_id: str | None = None
+    ) -> list[Any]:
         """Send a CALL; return the reply frame ``[3, id, payload]`` or ``[4, id, code, ...]``."""
         mid = message_id or f"t{next(self._ids)}"
         return await self.send_frame([2, mid, action, payload])

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from csms.migrate import alembic_config
 from csms.settings import Settings, load_settings
 from tests.pg import PgCluster, start_postgres
 
+
 def migrate_sync(url: str) -> None:
     """Alembic upgrade to head in a worker thread (Alembic's env runs its own event loop, and
     fixtures may be set up while the test's loop runs)."""
@@ -38,6 +39,7 @@ CP_PASSWORD = "correct-horse-battery-staple"
 
 
 # -- databases ----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -77,12 +79,15 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 # -- the server -----------------------------------------------------------------------------
 
+
 def test_settings(database_url: str, **overrides: Any) -> Settings:
     """Settings for a server on free loopback ports with short timeouts."""
     values: dict[str, Any] = {
         "database_url": database_url,
-        "ocpp_host": "127.0.0.1", "ocpp_port": 0,
-        "api_host": "127.0.0.1", "api_port": 0,
+        "ocpp_host": "127.0.0.1",
+        "ocpp_port": 0,
+        "api_host": "127.0.0.1",
+        "api_port": 0,
         "admin_token": ADMIN_TOKEN,
         "command_timeout": 5.0,
         "last_seen_flush_interval": 0.2,
@@ -109,27 +114,34 @@ class Server:
         """``http://127.0.0.1:PORT``."""
         return f"http://127.0.0.1:{self.app.api_port}"
 
-    async def api(self, method: str, path: str, json: Any = None, token: str | None = ADMIN_TOKEN,
-                  expect: int | None = None) -> tuple[int, Any]:
+    async def api(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        token: str | None = ADMIN_TOKEN,
+        expect: int | None = None,
+    ) -> tuple[int, Any]:
         """Call the API; returns (status, parsed JSON body). With ``expect``, assert the status."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self.http.request(method, self.api_url + path, json=json,
-                                     headers=headers) as resp:
+        async with self.http.request(
+            method, self.api_url + path, json=json, headers=headers
+        ) as resp:
             body = await resp.json(content_type=None) if resp.content_length != 0 else None
             if expect is not None:
                 assert resp.status == expect, (resp.status, body)
             return resp.status, body
 
-    async def register(self, cp_id: str, password: str | None = CP_PASSWORD,
-                       profile: int = 1) -> None:
+    async def register(
+        self, cp_id: str, password: str | None = CP_PASSWORD, profile: int = 1
+    ) -> None:
         """Register a charge point through the operator API."""
         from urllib.parse import quote
 
         body: dict[str, Any] = {"security_profile": profile}
         if password is not None:
             body["password"] = password
-        status, resp = await self.api("PUT", f"/api/v1/charge-points/{quote(cp_id, safe='')}",
-                                      body)
+        status, resp = await self.api("PUT", f"/api/v1/charge-points/{quote(cp_id, safe='')}", body)
         assert status in (200, 201), resp
 
     async def restart(self) -> None:

@@ -11,8 +11,7 @@ from tests.conftest import CP_PASSWORD, Server
 
 async def connect(server: Server, cp_id: str = "CP1") -> RawCharger:
     await server.register(cp_id)
-    cp = await RawCharger.open(f"{server.ocpp_url}/{cp_id}",
-                               headers=basic_auth(cp_id, CP_PASSWORD))
+    cp = await RawCharger.open(f"{server.ocpp_url}/{cp_id}", headers=basic_auth(cp_id, CP_PASSWORD))
     await cp.result("BootNotification", {"chargePointVendor": "V", "chargePointModel": "M"})
     return cp
 
@@ -23,11 +22,17 @@ COMMANDS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("Reset", {"type": "Soft"}, {"status": "Accepted"}),
     ("ChangeAvailability", {"connectorId": 0, "type": "Inoperative"}, {"status": "Scheduled"}),
     ("ChangeConfiguration", {"key": "HeartbeatInterval", "value": "60"}, {"status": "Accepted"}),
-    ("TriggerMessage", {"requestedMessage": "StatusNotification", "connectorId": 1},
-     {"status": "Accepted"}),
+    (
+        "TriggerMessage",
+        {"requestedMessage": "StatusNotification", "connectorId": 1},
+        {"status": "Accepted"},
+    ),
     ("UnlockConnector", {"connectorId": 1}, {"status": "Unlocked"}),
-    ("GetConfiguration", {"key": ["HeartbeatInterval"]},
-     {"configurationKey": [{"key": "HeartbeatInterval", "readonly": False, "value": "300"}]}),
+    (
+        "GetConfiguration",
+        {"key": ["HeartbeatInterval"]},
+        {"configurationKey": [{"key": "HeartbeatInterval", "readonly": False, "value": "300"}]},
+    ),
 ]
 
 
@@ -36,7 +41,8 @@ async def test_commands_are_sent_unchanged_and_answers_returned(server: Server) 
     for action, request, answer in COMMANDS:
         cp.answers[action] = lambda _p, a=answer: a
         status, body = await server.api(
-            "POST", f"/api/v1/charge-points/CP1/commands/{action}", request)
+            "POST", f"/api/v1/charge-points/CP1/commands/{action}", request
+        )
         assert (status, body) == (200, answer), action
         assert cp.received_calls[-1][2:] == [action, request]
     await cp.close()
@@ -45,40 +51,47 @@ async def test_commands_are_sent_unchanged_and_answers_returned(server: Server) 
 async def test_get_configuration_numbers_become_strings(server: Server) -> None:
     """Field case Q10 gc-1003: a Scame wallbox answers value 1 (integer)."""
     cp = await connect(server)
-    cp.answers["GetConfiguration"] = lambda _p: {"configurationKey": [
-        {"key": "NumberOfConnectors", "readonly": True, "value": 1}]}
-    _, body = await server.api("POST", "/api/v1/charge-points/CP1/commands/GetConfiguration", {},
-                               expect=200)
-    assert body == {"configurationKey": [
-        {"key": "NumberOfConnectors", "readonly": True, "value": "1"}]}
+    cp.answers["GetConfiguration"] = lambda _p: {
+        "configurationKey": [{"key": "NumberOfConnectors", "readonly": True, "value": 1}]
+    }
+    _, body = await server.api(
+        "POST", "/api/v1/charge-points/CP1/commands/GetConfiguration", {}, expect=200
+    )
+    assert body == {
+        "configurationKey": [{"key": "NumberOfConnectors", "readonly": True, "value": "1"}]
+    }
     await cp.close()
 
 
 async def test_command_errors(server: Server) -> None:
-    status, body = await server.api("POST", "/api/v1/charge-points/NOPE/commands/Reset",
-                                    {"type": "Soft"})
+    status, body = await server.api(
+        "POST", "/api/v1/charge-points/NOPE/commands/Reset", {"type": "Soft"}
+    )
     assert status == 404 and body["error"]["code"] == "not_found"
     await server.register("OFFLINE")
-    status, body = await server.api("POST", "/api/v1/charge-points/OFFLINE/commands/Reset",
-                                    {"type": "Soft"})
+    status, body = await server.api(
+        "POST", "/api/v1/charge-points/OFFLINE/commands/Reset", {"type": "Soft"}
+    )
     assert status == 409 and body["error"]["code"] == "not_connected"
 
     cp = await connect(server)
-    status, body = await server.api("POST",
-                                    "/api/v1/charge-points/CP1/commands/RemoteStartTransaction",
-                                    {"connectorId": 1})
+    status, body = await server.api(
+        "POST", "/api/v1/charge-points/CP1/commands/RemoteStartTransaction", {"connectorId": 1}
+    )
     assert status == 400 and body["error"]["code"] == "invalid_request"
     assert "idTag" in body["error"]["message"]
     assert cp.received_calls == []  # nothing sent
-    status, body = await server.api("POST", "/api/v1/charge-points/CP1/commands/Reset",
-                                    {"type": "Sideways"})
+    status, body = await server.api(
+        "POST", "/api/v1/charge-points/CP1/commands/Reset", {"type": "Sideways"}
+    )
     assert status == 400 and body["error"]["field"] == "type"
     status, body = await server.api("POST", "/api/v1/charge-points/CP1/commands/MakeCoffee", {})
     assert status == 400 and body["error"]["field"] == "action"
 
     cp.answers["Reset"] = lambda _p: [4, cp.received_calls[-1][1], "NotSupported", "no reset", {}]
-    status, body = await server.api("POST", "/api/v1/charge-points/CP1/commands/Reset",
-                                    {"type": "Hard"})
+    status, body = await server.api(
+        "POST", "/api/v1/charge-points/CP1/commands/Reset", {"type": "Hard"}
+    )
     assert status == 502 and body["error"]["code"] == "NotSupported"
 
     async def never(_p: dict[str, Any]) -> dict[str, Any]:
@@ -86,8 +99,9 @@ async def test_command_errors(server: Server) -> None:
         return {}
 
     cp.answers["Reset"] = never
-    status, body = await server.api("POST", "/api/v1/charge-points/CP1/commands/Reset?timeout=0.3",
-                                    {"type": "Hard"})
+    status, body = await server.api(
+        "POST", "/api/v1/charge-points/CP1/commands/Reset?timeout=0.3", {"type": "Hard"}
+    )
     assert status == 504 and body["error"]["code"] == "timeout"
     await cp.close()
 
@@ -105,8 +119,11 @@ async def test_api_requires_operator_token(server: Server) -> None:
     assert status == 400 and body["error"]["field"] == "password"
     status, body = await server.api("PUT", "/api/v1/id-tags/T1", {"status": "Maybe"})
     assert status == 400 and body["error"]["field"] == "status"
-    async with server.http.put(server.api_url + "/api/v1/id-tags/T1", data=b"{nope",
-                               headers={"Authorization": "Bearer " + "x"}) as resp:
+    async with server.http.put(
+        server.api_url + "/api/v1/id-tags/T1",
+        data=b"{nope",
+        headers={"Authorization": "Bearer " + "x"},
+    ) as resp:
         assert resp.status == 401
     _, tags = await server.api("GET", "/api/v1/id-tags", expect=200)
     assert tags == {"items": []}

@@ -46,14 +46,20 @@ async def test_percent_encoded_identity_is_decoded_once(server: Server) -> None:
     stays '+'; %2520 is decoded once only."""
     await server.register("Test Wallbox|01")
     await server.register("A+B")
-    cp = await RawCharger.open(f"{server.ocpp_url}/Test%20Wallbox%7C01",
-                               headers=basic_auth("Test Wallbox|01", CP_PASSWORD))
+    cp = await RawCharger.open(
+        f"{server.ocpp_url}/Test%20Wallbox%7C01", headers=basic_auth("Test Wallbox|01", CP_PASSWORD)
+    )
     assert (await cp.result("BootNotification", BOOT))["status"] == "Accepted"
     await cp.close()
     cp = await RawCharger.open(f"{server.ocpp_url}/A+B", headers=basic_auth("A+B", CP_PASSWORD))
     await cp.close()
-    assert await refused(f"{server.ocpp_url}/Test%2520Wallbox%257C01",
-                         headers=basic_auth("Test%20Wallbox%7C01", CP_PASSWORD)) == 404
+    assert (
+        await refused(
+            f"{server.ocpp_url}/Test%2520Wallbox%257C01",
+            headers=basic_auth("Test%20Wallbox%7C01", CP_PASSWORD),
+        )
+        == 404
+    )
     _, body = await server.api("GET", "/api/v1/charge-points/Test%20Wallbox%7C01", expect=200)
     assert body["vendor"] == "ExampleVendor"
 
@@ -62,11 +68,13 @@ async def test_no_subprotocol_is_served_as_16_and_root_path_uses_basic_auth(serv
     """Field case Q13: a Grizzl-E offers no subprotocol and may connect on '/'."""
     await server.register("GRIZZ")
     root = server.ocpp_url.removesuffix("/ocpp")
-    cp = await RawCharger.open(f"{root}/", subprotocols=[],
-                               headers=basic_auth("GRIZZ", CP_PASSWORD))
+    cp = await RawCharger.open(
+        f"{root}/", subprotocols=[], headers=basic_auth("GRIZZ", CP_PASSWORD)
+    )
     assert cp.ws.subprotocol is None  # never echo one the client did not offer
-    reply = await cp.result("BootNotification", {"chargePointVendor": "ExampleVendor",
-                                                 "chargePointModel": "Smart-40"})
+    reply = await cp.result(
+        "BootNotification", {"chargePointVendor": "ExampleVendor", "chargePointModel": "Smart-40"}
+    )
     assert reply["status"] == "Accepted"
     await cp.close()
     assert await refused(f"{root}/", subprotocols=[]) == 404  # no identity at all
@@ -76,8 +84,14 @@ async def test_no_subprotocol_is_served_as_16_and_root_path_uses_basic_auth(serv
 
 async def test_unsupported_subprotocol_is_refused_clearly(server: Server) -> None:
     await server.register("CP1")
-    assert await refused(f"{server.ocpp_url}/CP1", subprotocols=["ocpp1.2"],
-                         headers=basic_auth("CP1", CP_PASSWORD)) == 400
+    assert (
+        await refused(
+            f"{server.ocpp_url}/CP1",
+            subprotocols=["ocpp1.2"],
+            headers=basic_auth("CP1", CP_PASSWORD),
+        )
+        == 400
+    )
 
 
 async def test_bad_paths_are_refused(server: Server) -> None:
@@ -95,8 +109,15 @@ async def test_second_connection_replaces_first(server: Server) -> None:
     first = await RawCharger.open(url, headers=auth)
     await first.result("BootNotification", BOOT)
     await server.api("PUT", "/api/v1/id-tags/TAG14", {"status": "Accepted"}, expect=200)
-    start = await first.result("StartTransaction", {
-        "connectorId": 1, "idTag": "TAG14", "meterStart": 100, "timestamp": "2026-01-01T10:00:00Z"})
+    start = await first.result(
+        "StartTransaction",
+        {
+            "connectorId": 1,
+            "idTag": "TAG14",
+            "meterStart": 100,
+            "timestamp": "2026-01-01T10:00:00Z",
+        },
+    )
     second = await RawCharger.open(url, headers=auth)
     await asyncio.wait_for(first.ws.wait_closed(), 5)
     assert first.ws.close_code == 1001
@@ -104,8 +125,14 @@ async def test_second_connection_replaces_first(server: Server) -> None:
     await asyncio.sleep(0.1)
     _, body = await server.api("GET", "/api/v1/charge-points/CP-TEST-14", expect=200)
     assert body["connected"] is True
-    await second.result("StopTransaction", {"transactionId": start["transactionId"],
-                                            "meterStop": 600, "timestamp": "2026-01-01T11:00:00Z"})
+    await second.result(
+        "StopTransaction",
+        {
+            "transactionId": start["transactionId"],
+            "meterStop": 600,
+            "timestamp": "2026-01-01T11:00:00Z",
+        },
+    )
     _, txs = await server.api("GET", "/api/v1/transactions?charge_point_id=CP-TEST-14", expect=200)
     assert [(t["status"], t["energy_wh"]) for t in txs["items"]] == [("completed", 500)]
     await second.close()
@@ -133,8 +160,9 @@ def pki(tmp_path: Path) -> Pki:
 
 
 async def test_profile_2_tls_and_basic(server_factory: Any, pki: Pki) -> None:
-    srv: Server = await server_factory(tls_cert_file=pki.folder / "server.crt",
-                                       tls_key_file=pki.folder / "server.key")
+    srv: Server = await server_factory(
+        tls_cert_file=pki.folder / "server.crt", tls_key_file=pki.folder / "server.key"
+    )
     await srv.register("SP2", profile=2)
     url = f"{srv.ocpp_url}/SP2"
     assert url.startswith("wss://")
@@ -146,8 +174,9 @@ async def test_profile_2_tls_and_basic(server_factory: Any, pki: Pki) -> None:
     await cp.close()
     # a client that does not trust our CA cannot even connect
     with pytest.raises(ssl.SSLCertVerificationError):
-        await RawCharger.open(url, ssl_context=ssl.create_default_context(),
-                              headers=basic_auth("SP2", CP_PASSWORD))
+        await RawCharger.open(
+            url, ssl_context=ssl.create_default_context(), headers=basic_auth("SP2", CP_PASSWORD)
+        )
 
 
 async def test_profile_2_needs_tls(server: Server) -> None:
@@ -156,9 +185,11 @@ async def test_profile_2_needs_tls(server: Server) -> None:
 
 
 async def test_profile_3_client_certificate(server_factory: Any, pki: Pki, tmp_path: Path) -> None:
-    srv: Server = await server_factory(tls_cert_file=pki.folder / "server.crt",
-                                       tls_key_file=pki.folder / "server.key",
-                                       tls_ca_file=pki.ca_file)
+    srv: Server = await server_factory(
+        tls_cert_file=pki.folder / "server.crt",
+        tls_key_file=pki.folder / "server.key",
+        tls_ca_file=pki.ca_file,
+    )
     await srv.register("SP3", password=None, profile=3)
     pki.issue("sp3", "SP3")
     pki.issue("other", "OTHER")

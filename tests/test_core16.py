@@ -11,14 +11,17 @@ import pytest
 from tests.charger import RawCharger, basic_auth
 from tests.conftest import CP_PASSWORD, Server
 
-BOOT = {"chargePointVendor": "ExampleVendor", "chargePointModel": "Wallbox X",
-        "chargePointSerialNumber": "SN-1", "firmwareVersion": "1.2.3"}
+BOOT = {
+    "chargePointVendor": "ExampleVendor",
+    "chargePointModel": "Wallbox X",
+    "chargePointSerialNumber": "SN-1",
+    "firmwareVersion": "1.2.3",
+}
 
 
 async def connect(server: Server, cp_id: str = "CP1") -> RawCharger:
     await server.register(cp_id)
-    cp = await RawCharger.open(f"{server.ocpp_url}/{cp_id}",
-                               headers=basic_auth(cp_id, CP_PASSWORD))
+    cp = await RawCharger.open(f"{server.ocpp_url}/{cp_id}", headers=basic_auth(cp_id, CP_PASSWORD))
     await cp.result("BootNotification", BOOT)
     return cp
 
@@ -27,32 +30,75 @@ async def test_core_flow_is_persisted_and_visible(server: Server) -> None:
     cp = await connect(server)
     await server.api("PUT", "/api/v1/id-tags/tag1", {"status": "Accepted"}, expect=200)
     await server.api("PUT", "/api/v1/id-tags/BLOCKED1", {"status": "Blocked"}, expect=200)
-    await server.api("PUT", "/api/v1/id-tags/OLD1", {"status": "Accepted",
-                     "expiry_date": "2020-01-01T00:00:00Z", "parent_id_tag": "FLEET"}, expect=200)
+    await server.api(
+        "PUT",
+        "/api/v1/id-tags/OLD1",
+        {"status": "Accepted", "expiry_date": "2020-01-01T00:00:00Z", "parent_id_tag": "FLEET"},
+        expect=200,
+    )
     assert "currentTime" in await cp.result("Heartbeat", {})
-    assert await cp.result("StatusNotification", {
-        "connectorId": 1, "errorCode": "NoError", "status": "Available"}) == {}
+    assert (
+        await cp.result(
+            "StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+        )
+        == {}
+    )
     assert (await cp.result("Authorize", {"idTag": "TAG1"}))["idTagInfo"] == {"status": "Accepted"}
     assert (await cp.result("Authorize", {"idTag": "BLOCKED1"}))["idTagInfo"]["status"] == "Blocked"
     assert (await cp.result("Authorize", {"idTag": "NOBODY"}))["idTagInfo"]["status"] == "Invalid"
     old = (await cp.result("Authorize", {"idTag": "OLD1"}))["idTagInfo"]
-    assert old == {"status": "Expired", "expiryDate": "2020-01-01T00:00:00.000Z",
-                   "parentIdTag": "FLEET"}
-    start = await cp.result("StartTransaction", {
-        "connectorId": 1, "idTag": "tag1", "meterStart": 1000,
-        "timestamp": "2026-03-01T10:00:00Z"})
+    assert old == {
+        "status": "Expired",
+        "expiryDate": "2020-01-01T00:00:00.000Z",
+        "parentIdTag": "FLEET",
+    }
+    start = await cp.result(
+        "StartTransaction",
+        {
+            "connectorId": 1,
+            "idTag": "tag1",
+            "meterStart": 1000,
+            "timestamp": "2026-03-01T10:00:00Z",
+        },
+    )
     tx_id = start["transactionId"]
     assert isinstance(tx_id, int) and tx_id > 0
     assert start["idTagInfo"]["status"] == "Accepted"
-    assert await cp.result("MeterValues", {"connectorId": 1, "transactionId": tx_id, "meterValue": [
-        {"timestamp": "2026-03-01T10:30:00Z", "sampledValue": [
-            {"value": "4.5", "unit": "kWh", "measurand": "Energy.Active.Import.Register"},
-            {"value": "7.2", "unit": "kW", "measurand": "Power.Active.Import"}]}]}) == {}
+    assert (
+        await cp.result(
+            "MeterValues",
+            {
+                "connectorId": 1,
+                "transactionId": tx_id,
+                "meterValue": [
+                    {
+                        "timestamp": "2026-03-01T10:30:00Z",
+                        "sampledValue": [
+                            {
+                                "value": "4.5",
+                                "unit": "kWh",
+                                "measurand": "Energy.Active.Import.Register",
+                            },
+                            {"value": "7.2", "unit": "kW", "measurand": "Power.Active.Import"},
+                        ],
+                    }
+                ],
+            },
+        )
+        == {}
+    )
     _, active = await server.api("GET", "/api/v1/transactions?status=active", expect=200)
     assert [t["transaction_id"] for t in active["items"]] == [tx_id]
-    assert await cp.result("StopTransaction", {
-        "transactionId": tx_id, "meterStop": 8500, "timestamp": "2026-03-01T11:00:00Z",
-        "idTag": "TAG1", "reason": "Local"}) == {"idTagInfo": {"status": "Accepted"}}
+    assert await cp.result(
+        "StopTransaction",
+        {
+            "transactionId": tx_id,
+            "meterStop": 8500,
+            "timestamp": "2026-03-01T11:00:00Z",
+            "idTag": "TAG1",
+            "reason": "Local",
+        },
+    ) == {"idTagInfo": {"status": "Accepted"}}
     _, txs = await server.api("GET", "/api/v1/transactions?charge_point_id=CP1", expect=200)
     tx = txs["items"][0]
     assert tx["transaction_id"] == tx_id
@@ -65,12 +111,23 @@ async def test_core_flow_is_persisted_and_visible(server: Server) -> None:
     _, body = await server.api("GET", "/api/v1/charge-points/CP1", expect=200)
     assert body["connected"] is True
     assert (body["vendor"], body["model"], body["serial_number"], body["firmware_version"]) == (
-        "ExampleVendor", "Wallbox X", "SN-1", "1.2.3")
-    assert body["connectors"] == [{"connector_id": 1, "status": "Available",
-                                   "error_code": "NoError", "raw_error_code": "NoError",
-                                   "updated_at": body["connectors"][0]["updated_at"]}]
-    _, since = await server.api("GET", "/api/v1/transactions?since=2026-03-02T00:00:00Z",
-                                expect=200)
+        "ExampleVendor",
+        "Wallbox X",
+        "SN-1",
+        "1.2.3",
+    )
+    assert body["connectors"] == [
+        {
+            "connector_id": 1,
+            "status": "Available",
+            "error_code": "NoError",
+            "raw_error_code": "NoError",
+            "updated_at": body["connectors"][0]["updated_at"],
+        }
+    ]
+    _, since = await server.api(
+        "GET", "/api/v1/transactions?since=2026-03-02T00:00:00Z", expect=200
+    )
     assert since["items"] == []
     await cp.close()
 
@@ -79,30 +136,41 @@ async def test_transaction_ids_come_from_the_database(server: Server) -> None:
     cp = await connect(server)
     ids = []
     for minute in range(3):
-        start = await cp.result("StartTransaction", {
-            "connectorId": 1, "idTag": "X", "meterStart": 0,
-            "timestamp": f"2026-03-01T10:0{minute}:00Z"})
+        start = await cp.result(
+            "StartTransaction",
+            {
+                "connectorId": 1,
+                "idTag": "X",
+                "meterStart": 0,
+                "timestamp": f"2026-03-01T10:0{minute}:00Z",
+            },
+        )
         ids.append(start["transactionId"])
     assert ids == sorted(set(ids)) and ids[1] == ids[0] + 1
     # a replayed StartTransaction (charger lost our answer) gets the same id, no new transaction
-    again = await cp.result("StartTransaction", {
-        "connectorId": 1, "idTag": "X", "meterStart": 0, "timestamp": "2026-03-01T10:00:00Z"})
+    again = await cp.result(
+        "StartTransaction",
+        {"connectorId": 1, "idTag": "X", "meterStart": 0, "timestamp": "2026-03-01T10:00:00Z"},
+    )
     assert again["transactionId"] == ids[0]
     _, txs = await server.api("GET", "/api/v1/transactions", expect=200)
     assert len(txs["items"]) == 3
     await cp.close()
 
 
-@pytest.mark.parametrize(("frame", "code"), [
-    ([2, "m1", "Authorize", {}], "OccurenceConstraintViolation"),
-    ([2, "m2", "Authorize", {"idTag": 5}], "TypeConstraintViolation"),
-    ([2, "m3", "Authorize", {"idTag": "X" * 21}], "PropertyConstraintViolation"),
-    ([2, "m4", "Authorize", {"idTag": "A", "extra": 1}], "FormationViolation"),
-    ([2, "m5", "Authorize", []], "FormationViolation"),
-    ([2, "m6", "FlyToTheMoon", {}], "NotImplemented"),
-    ([2, "m7", "GetConfiguration", {}], "NotSupported"),
-    ([9, "m8", "Heartbeat", {}], "FormationViolation"),
-])
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ([2, "m1", "Authorize", {}], "OccurenceConstraintViolation"),
+        ([2, "m2", "Authorize", {"idTag": 5}], "TypeConstraintViolation"),
+        ([2, "m3", "Authorize", {"idTag": "X" * 21}], "PropertyConstraintViolation"),
+        ([2, "m4", "Authorize", {"idTag": "A", "extra": 1}], "FormationViolation"),
+        ([2, "m5", "Authorize", []], "FormationViolation"),
+        ([2, "m6", "FlyToTheMoon", {}], "NotImplemented"),
+        ([2, "m7", "GetConfiguration", {}], "NotSupported"),
+        ([9, "m8", "Heartbeat", {}], "FormationViolation"),
+    ],
+)
 async def test_callerror_codes_use_16_spelling(server: Server, frame: list[Any], code: str) -> None:
     cp = await connect(server)
     reply = await cp.send_frame(frame)
@@ -125,16 +193,31 @@ async def test_stop_transaction_with_megabytes_of_transaction_data(server: Serve
     """The default frame limit admits a real StopTransaction with several MiB of
     transactionData (websockets' own default is 1 MiB)."""
     cp = await connect(server)
-    start = await cp.result("StartTransaction", {
-        "connectorId": 1, "idTag": "X", "meterStart": 0, "timestamp": "2026-03-01T10:00:00Z"})
-    data = [{"timestamp": f"2026-03-01T10:{i // 600 % 60:02d}:{i // 10 % 60:02d}Z",
-             "sampledValue": [{"value": str(i), "measurand": "Energy.Active.Import.Register",
-                               "unit": "Wh", "context": "Sample.Periodic"},
-                              {"value": "230.1", "measurand": "Voltage", "unit": "V",
-                               "phase": "L1-N"}]}
-            for i in range(20000)]
-    payload = {"transactionId": start["transactionId"], "meterStop": 19999,
-               "timestamp": "2026-03-01T11:00:00Z", "transactionData": data}
+    start = await cp.result(
+        "StartTransaction",
+        {"connectorId": 1, "idTag": "X", "meterStart": 0, "timestamp": "2026-03-01T10:00:00Z"},
+    )
+    data = [
+        {
+            "timestamp": f"2026-03-01T10:{i // 600 % 60:02d}:{i // 10 % 60:02d}Z",
+            "sampledValue": [
+                {
+                    "value": str(i),
+                    "measurand": "Energy.Active.Import.Register",
+                    "unit": "Wh",
+                    "context": "Sample.Periodic",
+                },
+                {"value": "230.1", "measurand": "Voltage", "unit": "V", "phase": "L1-N"},
+            ],
+        }
+        for i in range(20000)
+    ]
+    payload = {
+        "transactionId": start["transactionId"],
+        "meterStop": 19999,
+        "timestamp": "2026-03-01T11:00:00Z",
+        "transactionData": data,
+    }
     assert len(json.dumps(payload)) > 3 * 1024 * 1024
     assert await cp.result("StopTransaction", payload) == {}
     _, txs = await server.api("GET", "/api/v1/transactions", expect=200)

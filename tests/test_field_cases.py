@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlmodel import col
 
 from csms.models import ChargePoint, Connector, MeterSample, OcppEvent, Transaction
 from tests.charger import RawCharger, basic_auth
 from tests.conftest import CP_PASSWORD, Server
 
-CASES = {c["id"].split("-")[0]: c for c in json.loads(
-    (Path(__file__).parent / "data" / "field-cases.json").read_text())}
+CASES = {
+    c["id"].split("-")[0]: c
+    for c in json.loads((Path(__file__).parent / "data" / "field-cases.json").read_text())
+}
 
 
 def frames(case: str) -> list[list[Any]]:
@@ -36,13 +39,16 @@ def rewrite(frame: list[Any], ids: dict[int, int]) -> list[Any]:
 
 async def connect(server: Server, cp_id: str, **kwargs: Any) -> RawCharger:
     await server.register(cp_id)
-    return await RawCharger.open(f"{server.ocpp_url}/{cp_id}",
-                                 headers=basic_auth(cp_id, CP_PASSWORD), **kwargs)
+    return await RawCharger.open(
+        f"{server.ocpp_url}/{cp_id}", headers=basic_auth(cp_id, CP_PASSWORD), **kwargs
+    )
 
 
 async def start(cp: RawCharger, tag: str, meter_start: int, ts: str, connector: int = 1) -> int:
-    reply = await cp.result("StartTransaction", {"connectorId": connector, "idTag": tag,
-                                                 "meterStart": meter_start, "timestamp": ts})
+    reply = await cp.result(
+        "StartTransaction",
+        {"connectorId": connector, "idTag": tag, "meterStart": meter_start, "timestamp": ts},
+    )
     return int(reply["transactionId"])
 
 
@@ -84,15 +90,19 @@ async def test_q03_start_stop_vs_metervalues_inconsistent(server: Server) -> Non
 async def test_q04_mixed_contexts_in_one_metervalues(server: Server) -> None:
     cp = await connect(server, "THOR22")
     f = frames("Q04")
-    ids = {7401: await start(cp, "T", 114900, "2026-01-05T04:50:00Z"),
-           7402: await start(cp, "T", 0, "2025-01-03T15:20:00Z", connector=2)}
+    ids = {
+        7401: await start(cp, "T", 114900, "2026-01-05T04:50:00Z"),
+        7402: await start(cp, "T", 0, "2025-01-03T15:20:00Z", connector=2),
+    }
     for frame in f:
         reply = await cp.send_frame(rewrite(frame, ids))
         assert reply[0] == 3 and reply[2] == {}
     _, body = await server.api("GET", "/api/v1/transactions?status=active", expect=200)
     so_far = {t["id"]: t["energy_wh"] for t in body["items"]}
     assert so_far == {ids[7401]: 5550, ids[7402]: 37}
-    samples = await rows(server, select(MeterSample).where(MeterSample.transaction_pk == ids[7401]))
+    samples = await rows(
+        server, select(MeterSample).where(col(MeterSample.transaction_pk) == ids[7401])
+    )
     assert len(samples) == 3  # both register entries and the current are kept
     assert {s.timestamp.isoformat() for s in samples} == {"2026-01-05T04:58:38+00:00"}
     assert {s.context for s in samples} == {"Sample.Periodic", "Transaction.Begin"}
@@ -106,10 +116,16 @@ async def test_q06_timestamps_1970_naive_or_local(server: Server) -> None:
     for frame in f:
         reply = await cp.send_frame(rewrite(frame, ids))
         assert reply[0] == 3 and reply[2] == {}, reply
-    sample = (await rows(server, select(MeterSample).where(MeterSample.transaction_pk == ids[8601])))[0]
+    sample = (
+        await rows(server, select(MeterSample).where(col(MeterSample.transaction_pk) == ids[8601]))
+    )[0]
     assert sample.timestamp_trusted is False and sample.timestamp_raw == "1970-01-01T00:00:23Z"
-    connectors = {c.connector_id: c for c in await rows(
-        server, select(Connector).where(Connector.charge_point_id == "MICRO"))}
+    connectors = {
+        c.connector_id: c
+        for c in await rows(
+            server, select(Connector).where(col(Connector.charge_point_id) == "MICRO")
+        )
+    }
     assert connectors[2].status_timestamp is not None
     assert connectors[2].status_timestamp.isoformat() == "2024-04-26T12:35:02+00:00"
     assert connectors[2].status_timestamp_raw == "2024-04-26T14:35:02+02"
@@ -132,12 +148,14 @@ async def test_q07_stoptransaction_unknown_or_placeholder_id(server: Server) -> 
     matched = await tx(server, open_pk)  # -1 with TAG0701: the single open session
     assert (matched.status, matched.energy_wh) == ("completed", 650)
     assert "placeholder_id" in matched.flags
-    orphans = await rows(server, select(Transaction).where(Transaction.status == "orphan"))
+    orphans = await rows(server, select(Transaction).where(col(Transaction.status) == "orphan"))
     assert sorted(o.ocpp_id or "" for o in orphans) == ["0", "1718000999"]
     assert all(o.energy_wh is None and "review" in o.flags for o in orphans)
     # the same unknown stop again: acknowledged, not a second orphan
     assert (await cp.send_frame(frames("Q07")[1]))[0] == 3
-    assert len(await rows(server, select(Transaction).where(Transaction.status == "orphan"))) == 2
+    assert (
+        len(await rows(server, select(Transaction).where(col(Transaction.status) == "orphan"))) == 2
+    )
     await cp.close()
 
 
@@ -148,13 +166,17 @@ async def test_q08_duplicate_or_stale_stoptransaction(server: Server) -> None:
     assert [r[2] for r in replies] == [{}, {}, {}]
     row = await tx(server, ids[9801])
     assert (row.status, row.energy_wh, row.stop_reason) == ("completed", 5220, "EVDisconnected")
-    samples = await rows(server, select(MeterSample).where(MeterSample.transaction_pk == row.id))
+    samples = await rows(
+        server, select(MeterSample).where(col(MeterSample.transaction_pk) == row.id)
+    )
     assert len(samples) == 1  # transactionData not re-inserted
-    events = await rows(server, select(OcppEvent).where(OcppEvent.transaction_pk == row.id))
+    events = await rows(server, select(OcppEvent).where(col(OcppEvent.transaction_pk) == row.id))
     assert [e.kind for e in events] == ["stop_duplicate", "stop_duplicate"]
     # a copy that differs is a conflict: the first stop stays
-    await cp.result("StopTransaction", {"transactionId": ids[9801], "meterStop": 99999,
-                                        "timestamp": "2026-08-18T18:00:00Z"})
+    await cp.result(
+        "StopTransaction",
+        {"transactionId": ids[9801], "meterStop": 99999, "timestamp": "2026-08-18T18:00:00Z"},
+    )
     row = await tx(server, ids[9801])
     assert row.energy_wh == 5220 and "stop_conflict" in row.flags
     await cp.close()
@@ -163,8 +185,10 @@ async def test_q08_duplicate_or_stale_stoptransaction(server: Server) -> None:
 async def test_q09_idtag_corrupted_overlong_or_case(server: Server) -> None:
     cp = await connect(server, "OCULAR")
     await server.api("PUT", "/api/v1/id-tags/04A1B2C3D4E5F6", {"status": "Accepted"}, expect=200)
-    ids = {1786700001: await start(cp, "REMOTETAG00000000001", 0, "2026-08-14T10:00:00Z"),
-           1762770002: await start(cp, "X", 250000, "2025-11-10T10:00:00Z", connector=2)}
+    ids = {
+        1786700001: await start(cp, "REMOTETAG00000000001", 0, "2026-08-14T10:00:00Z"),
+        1762770002: await start(cp, "X", 250000, "2025-11-10T10:00:00Z", connector=2),
+    }
     replies = [await cp.send_frame(rewrite(frame, ids)) for frame in frames("Q09")]
     assert [r[:1] + [r[2]] for r in replies] == [[3, {"idTagInfo": {"status": "Accepted"}}]] * 3
     first = await tx(server, ids[1786700001])
@@ -192,7 +216,10 @@ async def test_q10_vendor_fields_too_long_empty_or_wrong_type(server: Server) ->
     # f[2] (gc-1003) is a CALLRESULT to our GetConfiguration: see test_commands.py
     reply = await cp.send_frame(f[3])
     assert reply[0] == 3 and reply[2] == {}
-    assert await rows(server, select(MeterSample).where(MeterSample.charge_point_id == "EVLINK")) == []
+    assert (
+        await rows(server, select(MeterSample).where(col(MeterSample.charge_point_id) == "EVLINK"))
+        == []
+    )
     await cp.close()
 
 
@@ -201,9 +228,13 @@ async def test_q11_enum_values_outside_schema(server: Server) -> None:
     ids = {11101: await start(cp, "T", 10000, "2025-03-12T12:00:00Z")}
     replies = [await cp.send_frame(rewrite(frame, ids)) for frame in frames("Q11")]
     assert [r[0] for r in replies] == [3, 3, 3] and all(r[2] == {} for r in replies)
-    samples = await rows(server, select(MeterSample).where(MeterSample.transaction_pk == ids[11101]))
+    samples = await rows(
+        server, select(MeterSample).where(col(MeterSample.transaction_pk) == ids[11101])
+    )
     assert {(s.measurand, s.unit) for s in samples} >= {
-        ("Energy.Active.Import.Register", "Wh"), ("Frequency", "Hertz")}
+        ("Energy.Active.Import.Register", "Wh"),
+        ("Frequency", "Hertz"),
+    }
     row = await tx(server, ids[11101])
     assert row.energy_wh == 980
     conn = await server.app.db.read(lambda s: s.get(Connector, ("HALO", 0)))
@@ -216,8 +247,9 @@ async def test_q11_enum_values_outside_schema(server: Server) -> None:
 
 async def test_q12_charge_point_id_percent_encoded(server: Server) -> None:
     await server.register("Test Wallbox|01")
-    cp = await RawCharger.open(f"{server.ocpp_url}/Test%20Wallbox%7C01",
-                               headers=basic_auth("Test Wallbox|01", CP_PASSWORD))
+    cp = await RawCharger.open(
+        f"{server.ocpp_url}/Test%20Wallbox%7C01", headers=basic_auth("Test Wallbox|01", CP_PASSWORD)
+    )
     reply = await cp.send_frame(frames("Q12")[0])
     assert reply[0] == 3 and reply[2]["status"] == "Accepted"
     stored = await server.app.db.read(lambda s: s.get(ChargePoint, "Test Wallbox|01"))
@@ -228,8 +260,9 @@ async def test_q12_charge_point_id_percent_encoded(server: Server) -> None:
 async def test_q13_no_subprotocol_and_root_path(server: Server) -> None:
     await server.register("GRIZZ13")
     root = server.ocpp_url.removesuffix("/ocpp")
-    cp = await RawCharger.open(root + "/", subprotocols=[],
-                               headers=basic_auth("GRIZZ13", CP_PASSWORD))
+    cp = await RawCharger.open(
+        root + "/", subprotocols=[], headers=basic_auth("GRIZZ13", CP_PASSWORD)
+    )
     assert cp.ws.subprotocol is None
     reply = await cp.send_frame(frames("Q13")[0])
     assert reply[0] == 3 and reply[2]["status"] == "Accepted"

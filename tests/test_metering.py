@@ -87,12 +87,32 @@ def one(meter_values: Any) -> tuple[Sample, list[str]]:
 
 
 def test_16_sample_all_fields() -> None:
-    s, warnings = one([{"timestamp": "2026-08-28T07:05:00Z", "sampledValue": [
-        {"value": "5.84", "context": "Sample.Periodic", "format": "Raw",
-         "measurand": "Current.Import", "phase": "L1", "location": "Outlet", "unit": "A"}]}])
+    s, warnings = one(
+        [
+            {
+                "timestamp": "2026-08-28T07:05:00Z",
+                "sampledValue": [
+                    {
+                        "value": "5.84",
+                        "context": "Sample.Periodic",
+                        "format": "Raw",
+                        "measurand": "Current.Import",
+                        "phase": "L1",
+                        "location": "Outlet",
+                        "unit": "A",
+                    }
+                ],
+            }
+        ]
+    )
     assert warnings == []
     assert (s.measurand, s.phase, s.location, s.context, s.unit) == (
-        "Current.Import", "L1", "Outlet", "Sample.Periodic", "A")
+        "Current.Import",
+        "L1",
+        "Outlet",
+        "Sample.Periodic",
+        "A",
+    )
     assert s.value == Decimal("5.84") and s.raw_value == "5.84" and s.raw_unit == "A"
     assert s.format == "Raw" and s.signed_data is None
     assert s.timestamp.value == datetime(2026, 8, 28, 7, 5, tzinfo=UTC) and s.timestamp.trusted
@@ -131,8 +151,14 @@ def test_16_defaults_when_fields_absent() -> None:
     ],
 )
 def test_default_unit_per_measurand(measurand: str, unit: str) -> None:
-    s, _ = one([{"timestamp": "2026-08-28T07:05:00Z",
-                 "sampledValue": [{"value": "1", "measurand": measurand}]}])
+    s, _ = one(
+        [
+            {
+                "timestamp": "2026-08-28T07:05:00Z",
+                "sampledValue": [{"value": "1", "measurand": measurand}],
+            }
+        ]
+    )
     assert s.unit == unit
 
 
@@ -164,12 +190,27 @@ def test_default_unit_per_measurand(measurand: str, unit: str) -> None:
     ],
 )
 def test_units_are_normalised(raw_unit: str, value: str, unit: str, expected: str) -> None:
-    measurand = {"Wh": EAIR, "W": "Power.Active.Import", "var": "Power.Reactive.Import",
-                 "VA": "Power.Offered", "A": "Current.Import", "V": "Voltage", "Percent": "SoC",
-                 "Celsius": "Temperature", "Fahrenheit": "Temperature", "K": "Temperature",
-                 "Hertz": "Frequency"}[unit]
-    s, _ = one([{"timestamp": "2026-08-28T07:05:00Z",
-                 "sampledValue": [{"value": value, "measurand": measurand, "unit": raw_unit}]}])
+    measurand = {
+        "Wh": EAIR,
+        "W": "Power.Active.Import",
+        "var": "Power.Reactive.Import",
+        "VA": "Power.Offered",
+        "A": "Current.Import",
+        "V": "Voltage",
+        "Percent": "SoC",
+        "Celsius": "Temperature",
+        "Fahrenheit": "Temperature",
+        "K": "Temperature",
+        "Hertz": "Frequency",
+    }[unit]
+    s, _ = one(
+        [
+            {
+                "timestamp": "2026-08-28T07:05:00Z",
+                "sampledValue": [{"value": value, "measurand": measurand, "unit": raw_unit}],
+            }
+        ]
+    )
     assert s.unit == unit
     assert s.value == Decimal(expected)
     assert s.raw_unit == raw_unit
@@ -177,8 +218,16 @@ def test_units_are_normalised(raw_unit: str, value: str, unit: str, expected: st
 
 
 def test_kvarh_for_reactive_energy() -> None:
-    s, _ = one([{"timestamp": "2026-08-28T07:05:00Z", "sampledValue": [
-        {"value": "2", "measurand": "Energy.Reactive.Import.Register", "unit": "kvarh"}]}])
+    s, _ = one(
+        [
+            {
+                "timestamp": "2026-08-28T07:05:00Z",
+                "sampledValue": [
+                    {"value": "2", "measurand": "Energy.Reactive.Import.Register", "unit": "kvarh"}
+                ],
+            }
+        ]
+    )
     assert (s.unit, s.value) == ("varh", Decimal(2000))
 
 
@@ -214,24 +263,34 @@ def test_q06_epoch_timestamp_kept_untrusted() -> None:
     assert any("not trusted" in w for w in warnings)
 
 
-@pytest.mark.parametrize("bad", ["abc", "12,5", "NaN", "Infinity", "-inf", "1e999", "0x10",
-                                 "1" * 100, True, None, [], {}])
+@pytest.mark.parametrize(
+    "bad",
+    ["abc", "12,5", "NaN", "Infinity", "-inf", "1e999", "0x10", "1" * 100, True, None, [], {}],
+)
 def test_non_numeric_values_are_dropped(bad: object) -> None:
     samples, warnings = normalise_meter_values(
-        [{"timestamp": "2026-08-28T07:05:00Z", "sampledValue": [{"value": bad}]}], RX)
+        [{"timestamp": "2026-08-28T07:05:00Z", "sampledValue": [{"value": bad}]}], RX
+    )
     assert samples == []
     assert len(warnings) == 1
 
 
 def test_missing_value_is_dropped() -> None:
     samples, warnings = normalise_meter_values(
-        [{"timestamp": "2026-08-28T07:05:00Z", "sampledValue": [{"measurand": EAIR}]}], RX)
+        [{"timestamp": "2026-08-28T07:05:00Z", "sampledValue": [{"measurand": EAIR}]}], RX
+    )
     assert samples == [] and "no value" in warnings[0]
 
 
 def test_unknown_unit_kept_for_non_energy() -> None:
-    s, warnings = one([{"timestamp": "2026-08-28T07:05:00Z", "sampledValue": [
-        {"value": "3", "measurand": "Temperature", "unit": "Kelvinish"}]}])
+    s, warnings = one(
+        [
+            {
+                "timestamp": "2026-08-28T07:05:00Z",
+                "sampledValue": [{"value": "3", "measurand": "Temperature", "unit": "Kelvinish"}],
+            }
+        ]
+    )
     assert s.unit == "Kelvinish" and s.value == Decimal(3)
     assert len(warnings) == 1 and "kept" in warnings[0]
 
@@ -239,53 +298,120 @@ def test_unknown_unit_kept_for_non_energy() -> None:
 @pytest.mark.parametrize("unit", ["Joule", "W", "kW", "A", "varh"])
 def test_energy_with_unconvertible_unit_is_dropped(unit: str) -> None:
     samples, warnings = normalise_meter_values(
-        [{"timestamp": "2026-08-28T07:05:00Z", "sampledValue": [
-            {"value": "3", "measurand": EAIR, "unit": unit},
-            {"value": "5", "measurand": "Voltage", "unit": "V"}]}], RX)
+        [
+            {
+                "timestamp": "2026-08-28T07:05:00Z",
+                "sampledValue": [
+                    {"value": "3", "measurand": EAIR, "unit": unit},
+                    {"value": "5", "measurand": "Voltage", "unit": "V"},
+                ],
+            }
+        ],
+        RX,
+    )
     assert [s.measurand for s in samples] == ["Voltage"]
     assert len(warnings) == 1 and "no sample" in warnings[0]
 
 
 def test_enums_are_case_tolerant_and_stripped() -> None:
-    s, warnings = one([{"timestamp": "2026-08-28T07:05:00Z", "sampledValue": [
-        {"value": "1", "measurand": "energy.active.import.register ", "context": "sample.clock",
-         "location": "outlet", "phase": "l1-n", "format": "raw"}]}])
+    s, warnings = one(
+        [
+            {
+                "timestamp": "2026-08-28T07:05:00Z",
+                "sampledValue": [
+                    {
+                        "value": "1",
+                        "measurand": "energy.active.import.register ",
+                        "context": "sample.clock",
+                        "location": "outlet",
+                        "phase": "l1-n",
+                        "format": "raw",
+                    }
+                ],
+            }
+        ]
+    )
     assert warnings == []
     assert (s.measurand, s.context, s.location, s.phase, s.format) == (
-        EAIR, "Sample.Clock", "Outlet", "L1-N", "Raw")
+        EAIR,
+        "Sample.Clock",
+        "Outlet",
+        "L1-N",
+        "Raw",
+    )
 
 
 def test_unknown_enum_values_kept_with_warning() -> None:
-    s, warnings = one([{"timestamp": "2026-08-28T07:05:00Z", "sampledValue": [
-        {"value": "1", "measurand": "Vendor.Thing", "context": "Boot", "unit": "W"}]}])
+    s, warnings = one(
+        [
+            {
+                "timestamp": "2026-08-28T07:05:00Z",
+                "sampledValue": [
+                    {"value": "1", "measurand": "Vendor.Thing", "context": "Boot", "unit": "W"}
+                ],
+            }
+        ]
+    )
     assert s.measurand == "Vendor.Thing" and s.context == "Boot"
     assert len(warnings) == 2
 
 
 def test_wrongly_typed_enum_falls_back_to_default() -> None:
-    s, warnings = one([{"timestamp": "2026-08-28T07:05:00Z", "sampledValue": [
-        {"value": "1", "measurand": 7, "context": ["x"], "location": "", "phase": ""}]}])
+    s, warnings = one(
+        [
+            {
+                "timestamp": "2026-08-28T07:05:00Z",
+                "sampledValue": [
+                    {"value": "1", "measurand": 7, "context": ["x"], "location": "", "phase": ""}
+                ],
+            }
+        ]
+    )
     assert (s.measurand, s.context, s.location, s.phase) == (
-        EAIR, "Sample.Periodic", "Outlet", None)
+        EAIR,
+        "Sample.Periodic",
+        "Outlet",
+        None,
+    )
     assert len(warnings) == 2
 
 
 def test_201_number_values_with_unit_of_measure_and_multiplier() -> None:
-    samples, warnings = normalise_meter_values([{
-        "timestamp": "2026-08-28T07:05:00.000Z",
-        "sampledValue": [
-            {"value": 12.5, "measurand": EAIR, "context": "Sample.Periodic",
-             "unitOfMeasure": {"unit": "kWh"}},
-            {"value": 7, "measurand": EAIR, "location": "Inlet",
-             "unitOfMeasure": {"unit": "Wh", "multiplier": 3}},
-            {"value": 2301, "measurand": "Voltage", "phase": "L1-N",
-             "unitOfMeasure": {"unit": "V", "multiplier": -1}},
-            {"value": 11, "measurand": "Power.Active.Import",
-             "unitOfMeasure": {"unit": "kW", "multiplier": 0}},
-            {"value": 50, "measurand": "Frequency", "unitOfMeasure": {"unit": "Hz"}},
-            {"value": 80, "measurand": "SoC", "unitOfMeasure": {}},
+    samples, warnings = normalise_meter_values(
+        [
+            {
+                "timestamp": "2026-08-28T07:05:00.000Z",
+                "sampledValue": [
+                    {
+                        "value": 12.5,
+                        "measurand": EAIR,
+                        "context": "Sample.Periodic",
+                        "unitOfMeasure": {"unit": "kWh"},
+                    },
+                    {
+                        "value": 7,
+                        "measurand": EAIR,
+                        "location": "Inlet",
+                        "unitOfMeasure": {"unit": "Wh", "multiplier": 3},
+                    },
+                    {
+                        "value": 2301,
+                        "measurand": "Voltage",
+                        "phase": "L1-N",
+                        "unitOfMeasure": {"unit": "V", "multiplier": -1},
+                    },
+                    {
+                        "value": 11,
+                        "measurand": "Power.Active.Import",
+                        "unitOfMeasure": {"unit": "kW", "multiplier": 0},
+                    },
+                    {"value": 50, "measurand": "Frequency", "unitOfMeasure": {"unit": "Hz"}},
+                    {"value": 80, "measurand": "SoC", "unitOfMeasure": {}},
+                ],
+            }
         ],
-    }], RX)
+        RX,
+    )
     assert warnings == []
     got = [(s.measurand, s.unit, s.value) for s in samples]
     assert got == [
@@ -301,19 +427,42 @@ def test_201_number_values_with_unit_of_measure_and_multiplier() -> None:
 
 @pytest.mark.parametrize("multiplier", ["x", 1.5, True, 99, [1]])
 def test_201_bad_multiplier_drops_sample(multiplier: object) -> None:
-    samples, warnings = normalise_meter_values([{
-        "timestamp": "2026-08-28T07:05:00Z",
-        "sampledValue": [{"value": 1, "unitOfMeasure": {"unit": "Wh", "multiplier": multiplier}}],
-    }], RX)
+    samples, warnings = normalise_meter_values(
+        [
+            {
+                "timestamp": "2026-08-28T07:05:00Z",
+                "sampledValue": [
+                    {"value": 1, "unitOfMeasure": {"unit": "Wh", "multiplier": multiplier}}
+                ],
+            }
+        ],
+        RX,
+    )
     assert samples == [] and "multiplier" in warnings[0]
 
 
 def test_201_signed_meter_value_kept_as_json_next_to_the_number() -> None:
-    smv = {"signedMeterData": "AbCd==", "signingMethod": "ECDSAP256SHA256",
-           "encodingMethod": "OCMF", "publicKey": "pk"}
-    s, warnings = one([{"timestamp": "2026-08-28T07:05:00Z", "sampledValue": [
-        {"value": 1234, "measurand": EAIR, "context": "Transaction.End",
-         "signedMeterValue": smv}]}])
+    smv = {
+        "signedMeterData": "AbCd==",
+        "signingMethod": "ECDSAP256SHA256",
+        "encodingMethod": "OCMF",
+        "publicKey": "pk",
+    }
+    s, warnings = one(
+        [
+            {
+                "timestamp": "2026-08-28T07:05:00Z",
+                "sampledValue": [
+                    {
+                        "value": 1234,
+                        "measurand": EAIR,
+                        "context": "Transaction.End",
+                        "signedMeterValue": smv,
+                    }
+                ],
+            }
+        ]
+    )
     assert warnings == []
     assert s.format == "SignedData"
     assert s.value == Decimal(1234)
@@ -321,15 +470,20 @@ def test_201_signed_meter_value_kept_as_json_next_to_the_number() -> None:
 
 
 def test_16_signed_data_is_kept_but_not_a_number() -> None:
-    samples, warnings = normalise_meter_values([{
-        "timestamp": "2026-08-28T07:05:00Z",
-        "sampledValue": [
-            {"value": "OCMF|{...}|{...}", "format": "SignedData", "measurand": EAIR},
-            # all hex digits: must not be read as a 1.2 GWh register
-            {"value": "0123456789", "format": "SignedData", "measurand": EAIR},
-            {"value": "4000", "format": "Raw", "measurand": EAIR},
+    samples, warnings = normalise_meter_values(
+        [
+            {
+                "timestamp": "2026-08-28T07:05:00Z",
+                "sampledValue": [
+                    {"value": "OCMF|{...}|{...}", "format": "SignedData", "measurand": EAIR},
+                    # all hex digits: must not be read as a 1.2 GWh register
+                    {"value": "0123456789", "format": "SignedData", "measurand": EAIR},
+                    {"value": "4000", "format": "Raw", "measurand": EAIR},
+                ],
+            }
         ],
-    }], RX)
+        RX,
+    )
     assert warnings == []
     signed = [s for s in samples if s.format == "SignedData"]
     assert [s.signed_data for s in signed] == ["OCMF|{...}|{...}", "0123456789"]
@@ -340,9 +494,20 @@ def test_16_signed_data_is_kept_but_not_a_number() -> None:
 
 
 def test_snake_case_keys_from_the_ocpp_library() -> None:
-    s, _ = one([{"timestamp": "2026-08-28T07:05:00Z", "sampled_value": [
-        {"value": 5, "unit_of_measure": {"unit": "kWh", "multiplier": 0},
-         "signed_meter_value": {"signed_meter_data": "x"}}]}])
+    s, _ = one(
+        [
+            {
+                "timestamp": "2026-08-28T07:05:00Z",
+                "sampled_value": [
+                    {
+                        "value": 5,
+                        "unit_of_measure": {"unit": "kWh", "multiplier": 0},
+                        "signed_meter_value": {"signed_meter_data": "x"},
+                    }
+                ],
+            }
+        ]
+    )
     assert (s.unit, s.value, s.format) == ("Wh", Decimal(5000), "SignedData")
 
 
@@ -360,8 +525,17 @@ def test_naive_timestamp_warns_assumed_utc() -> None:
 
 @pytest.mark.parametrize(
     "garbage",
-    ["meterValue", 42, 1.5, True, [None, 1, "x", [], {}], [{"sampledValue": "x"}],
-     [{"sampledValue": None}], [{"sampledValue": [None, 3, "x", []]}], [{"timestamp": 5}]],
+    [
+        "meterValue",
+        42,
+        1.5,
+        True,
+        [None, 1, "x", [], {}],
+        [{"sampledValue": "x"}],
+        [{"sampledValue": None}],
+        [{"sampledValue": [None, 3, "x", []]}],
+        [{"timestamp": 5}],
+    ],
 )
 def test_garbage_never_raises(garbage: object) -> None:
     samples, warnings = normalise_meter_values(garbage, RX)
@@ -376,26 +550,52 @@ def test_none_is_an_absent_optional_field() -> None:
 
 def test_single_objects_instead_of_lists_are_tolerated() -> None:
     samples, warnings = normalise_meter_values(
-        {"timestamp": "2026-08-28T07:05:00Z", "sampledValue": {"value": "9"}}, RX)
+        {"timestamp": "2026-08-28T07:05:00Z", "sampledValue": {"value": "9"}}, RX
+    )
     assert [s.value for s in samples] == [Decimal(9)]
     assert len(warnings) == 2
 
 
 def test_warnings_are_capped() -> None:
     samples, warnings = normalise_meter_values(
-        [{"timestamp": "2026-08-28T07:05:00Z", "sampledValue": [{"value": ""}] * 500}], RX)
+        [{"timestamp": "2026-08-28T07:05:00Z", "sampledValue": [{"value": ""}] * 500}], RX
+    )
     assert samples == []
     assert len(warnings) == MAX_WARNINGS + 1
     assert warnings[-1] == "... and 400 more warnings"
 
 
 _JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=12)
     | st.sampled_from(["Wh", "kWh", "Hz", EAIR, "Transaction.Begin", "SignedData", "", "12.5"]),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(
-        st.sampled_from(["value", "unit", "measurand", "context", "format", "phase", "location",
-                         "timestamp", "sampledValue", "unitOfMeasure", "multiplier",
-                         "signedMeterValue", "x"]), children, max_size=6),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "value",
+                    "unit",
+                    "measurand",
+                    "context",
+                    "format",
+                    "phase",
+                    "location",
+                    "timestamp",
+                    "sampledValue",
+                    "unitOfMeasure",
+                    "multiplier",
+                    "signedMeterValue",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=6,
+        )
+    ),
     max_leaves=25,
 )
 
@@ -467,8 +667,9 @@ def test_plain_lifetime_register() -> None:
 
 def test_q04_periodic_and_begin_in_the_same_list_lifetime() -> None:
     state = new_state(None, None)
-    observe_meter_values(state, frame("Q04", "mv-0401")["meterValue"],
-                         datetime(2026, 1, 5, 5, 0, tzinfo=UTC))
+    observe_meter_values(
+        state, frame("Q04", "mv-0401")["meterValue"], datetime(2026, 1, 5, 5, 0, tzinfo=UTC)
+    )
     assert energy_so_far(state) == 5550
     assert state.baseline_wh == Decimal(114900)
     assert state.last_wh == Decimal(120450)
@@ -480,8 +681,9 @@ def test_q04_periodic_and_begin_in_the_same_list_lifetime() -> None:
 
 def test_q04_begin_zero_session_relative() -> None:
     state = new_state(None, None)
-    observe_meter_values(state, frame("Q04", "mv-0402")["meterValue"],
-                         datetime(2025, 1, 3, 16, 0, tzinfo=UTC))
+    observe_meter_values(
+        state, frame("Q04", "mv-0402")["meterValue"], datetime(2025, 1, 3, 16, 0, tzinfo=UTC)
+    )
     assert energy_so_far(state) == 37
     assert state.session_relative is True
     assert settle_energy(state, None).energy_wh == 37
@@ -491,19 +693,37 @@ def test_q04_begin_repeated_in_every_message_is_taken_once() -> None:
     state = new_state(None, None)
     rx = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
     observe_meter_values(state, frame("Q04", "mv-0401")["meterValue"], rx)
-    observe_meter_values(state, [{
-        "timestamp": "2026-01-05T15:13:38+10:00",
-        "sampledValue": [
-            {"value": "121000", "context": "Sample.Periodic", "measurand": EAIR, "unit": "Wh"},
-            {"value": "99999", "context": "Transaction.Begin", "measurand": EAIR, "unit": "Wh"},
-        ]}], rx)
+    observe_meter_values(
+        state,
+        [
+            {
+                "timestamp": "2026-01-05T15:13:38+10:00",
+                "sampledValue": [
+                    {
+                        "value": "121000",
+                        "context": "Sample.Periodic",
+                        "measurand": EAIR,
+                        "unit": "Wh",
+                    },
+                    {
+                        "value": "99999",
+                        "context": "Transaction.Begin",
+                        "measurand": EAIR,
+                        "unit": "Wh",
+                    },
+                ],
+            }
+        ],
+        rx,
+    )
     assert energy_so_far(state) == 121000 - 114900
 
 
 def test_q04_with_meter_start_and_stop() -> None:
     state = new_state(114900, datetime(2026, 1, 5, 4, 30, tzinfo=UTC))
-    observe_meter_values(state, frame("Q04", "mv-0401")["meterValue"],
-                         datetime(2026, 1, 5, 5, 0, tzinfo=UTC))
+    observe_meter_values(
+        state, frame("Q04", "mv-0401")["meterValue"], datetime(2026, 1, 5, 5, 0, tzinfo=UTC)
+    )
     assert energy_so_far(state) == 5550
     assert settle_energy(state, 121000).energy_wh == 6100
 
@@ -538,8 +758,16 @@ def test_register_reset_adds_segments() -> None:
 
 def test_register_reset_twice() -> None:
     state = new_state(None, T0)
-    feed(state, mv16("0", 0, "Transaction.Begin"), mv16("500", 5), mv16("1000", 10),
-         mv16("50", 15), mv16("300", 20), mv16("10", 25), mv16("40", 30))
+    feed(
+        state,
+        mv16("0", 0, "Transaction.Begin"),
+        mv16("500", 5),
+        mv16("1000", 10),
+        mv16("50", 15),
+        mv16("300", 20),
+        mv16("10", 25),
+        mv16("40", 30),
+    )
     assert energy_so_far(state) == 1000 + 300 + 40
 
 
@@ -567,9 +795,17 @@ def test_offline_start_201_begin_zero_vs_lifetime_register() -> None:
     state = new_state(None, T0)
 
     def tx_event(value: float, minutes: int, context: str) -> dict[str, Any]:
-        return {"timestamp": (T0 + timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z"),
-                "sampledValue": [{"value": value, "context": context, "measurand": EAIR,
-                                  "unitOfMeasure": {"unit": "kWh"}}]}
+        return {
+            "timestamp": (T0 + timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z"),
+            "sampledValue": [
+                {
+                    "value": value,
+                    "context": context,
+                    "measurand": EAIR,
+                    "unitOfMeasure": {"unit": "kWh"},
+                }
+            ],
+        }
 
     observe_meter_values(state, [tx_event(0, 0, "Transaction.Begin")], RX)
     observe_meter_values(state, [tx_event(900.0, 5, "Sample.Periodic")], RX)
@@ -628,31 +864,51 @@ def test_q06_epoch_zero_reading_does_not_bill_the_lifetime_register() -> None:
 def test_replayed_transaction_data_is_not_counted_twice() -> None:
     state = new_state(0, T0)
     feed(state, mv16("100", 5), mv16("200", 10), mv16("300", 15))
-    feed(state, mv16("0", 0, "Transaction.Begin"), mv16("100", 5), mv16("200", 10),
-         mv16("300", 15), mv16("350", 20, "Transaction.End"))
+    feed(
+        state,
+        mv16("0", 0, "Transaction.Begin"),
+        mv16("100", 5),
+        mv16("200", 10),
+        mv16("300", 15),
+        mv16("350", 20, "Transaction.End"),
+    )
     assert energy_so_far(state) == 350
     assert "register_reset" not in settle_energy(state, None).flags
 
 
 def test_unphased_register_preferred_over_phases() -> None:
     state = new_state(None, T0)
-    feed(state, {"timestamp": T0.isoformat(), "sampledValue": [
-        {"value": "10", "measurand": EAIR, "phase": "L1", "context": "Transaction.Begin"},
-        {"value": "1000", "measurand": EAIR, "context": "Transaction.Begin"},
-        {"value": "110", "measurand": EAIR, "phase": "L1"},
-        {"value": "1300", "measurand": EAIR},
-    ]})
+    feed(
+        state,
+        {
+            "timestamp": T0.isoformat(),
+            "sampledValue": [
+                {"value": "10", "measurand": EAIR, "phase": "L1", "context": "Transaction.Begin"},
+                {"value": "1000", "measurand": EAIR, "context": "Transaction.Begin"},
+                {"value": "110", "measurand": EAIR, "phase": "L1"},
+                {"value": "1300", "measurand": EAIR},
+            ],
+        },
+    )
     assert energy_so_far(state) == 300
 
 
 def test_phase_registers_are_summed_when_no_total() -> None:
     state = new_state(None, T0)
-    begin = {"timestamp": T0.isoformat(), "sampledValue": [
-        {"value": v, "measurand": EAIR, "phase": p, "context": "Transaction.Begin"}
-        for p, v in (("L1", "1000"), ("L2", "2000"), ("L3", "3000"))]}
-    now = {"timestamp": (T0 + timedelta(minutes=30)).isoformat(), "sampledValue": [
-        {"value": v, "measurand": EAIR, "phase": p}
-        for p, v in (("L1", "1100"), ("L2", "2200"), ("L3", "3300"))]}
+    begin = {
+        "timestamp": T0.isoformat(),
+        "sampledValue": [
+            {"value": v, "measurand": EAIR, "phase": p, "context": "Transaction.Begin"}
+            for p, v in (("L1", "1000"), ("L2", "2000"), ("L3", "3000"))
+        ],
+    }
+    now = {
+        "timestamp": (T0 + timedelta(minutes=30)).isoformat(),
+        "sampledValue": [
+            {"value": v, "measurand": EAIR, "phase": p}
+            for p, v in (("L1", "1100"), ("L2", "2200"), ("L3", "3300"))
+        ],
+    }
     feed(state, begin, now)
     assert energy_so_far(state) == 600
     assert "phase_sum" in settle_energy(state, None).flags
@@ -660,12 +916,20 @@ def test_phase_registers_are_summed_when_no_total() -> None:
 
 def test_other_measurands_and_units_are_ignored() -> None:
     state = new_state(None, T0)
-    samples, _ = normalise_meter_values([{"timestamp": T0.isoformat(), "sampledValue": [
-        {"value": "0", "context": "Transaction.Begin"},
-        {"value": "5000", "measurand": "Energy.Active.Export.Register"},
-        {"value": "7000", "measurand": "Power.Active.Import", "unit": "W"},
-        {"value": "25", "context": "Sample.Clock"},
-    ]}], RX)
+    samples, _ = normalise_meter_values(
+        [
+            {
+                "timestamp": T0.isoformat(),
+                "sampledValue": [
+                    {"value": "0", "context": "Transaction.Begin"},
+                    {"value": "5000", "measurand": "Energy.Active.Export.Register"},
+                    {"value": "7000", "measurand": "Power.Active.Import", "unit": "W"},
+                    {"value": "25", "context": "Sample.Clock"},
+                ],
+            }
+        ],
+        RX,
+    )
     observe(state, samples)
     assert energy_so_far(state) == 25
 
@@ -687,8 +951,9 @@ def test_meter_stop_missing_and_no_meter_start() -> None:
 
 def test_meter_stop_without_any_start_reference() -> None:
     result = settle_energy(new_state(None, T0), 5000)
-    assert result == EnergyResult(0, "none", ("meter_start_missing", "no_energy_data",
-                                              "meter_invalid"))
+    assert result == EnergyResult(
+        0, "none", ("meter_start_missing", "no_energy_data", "meter_invalid")
+    )
 
 
 def test_meter_stop_below_what_the_samples_saw_is_flagged() -> None:
@@ -716,8 +981,13 @@ def test_negative_readings_are_ignored() -> None:
 
 def test_state_round_trips_through_json() -> None:
     state = new_state(50_000, T0, session_relative_hint=False, max_power_w=22_000)
-    feed(state, mv16("50000", 0, "Transaction.Begin"), mv16("51000.5", 5), mv16("52000", 10),
-         mv16("100", 15))
+    feed(
+        state,
+        mv16("50000", 0, "Transaction.Begin"),
+        mv16("51000.5", 5),
+        mv16("52000", 10),
+        mv16("100", 15),
+    )
     text = json.dumps(state.to_dict())
     again = EnergyState.from_dict(json.loads(text))
     assert again.to_dict() == state.to_dict()
@@ -725,9 +995,17 @@ def test_state_round_trips_through_json() -> None:
     assert settle_energy(again, None) == settle_energy(state, None)
 
 
-@pytest.mark.parametrize("damaged", [None, {}, {"series": "x"}, {"series": {"a": {"last": 1}}},
-                                     {"meter_start": "12", "started_at": 5, "notes": "x"},
-                                     {"series": {"k": {"first": {"wh": "1"}, "ends": ["x", 3]}}}])
+@pytest.mark.parametrize(
+    "damaged",
+    [
+        None,
+        {},
+        {"series": "x"},
+        {"series": {"a": {"last": 1}}},
+        {"meter_start": "12", "started_at": 5, "notes": "x"},
+        {"series": {"k": {"first": {"wh": "1"}, "ends": ["x", 3]}}},
+    ],
+)
 def test_from_dict_tolerates_damage(damaged: Any) -> None:
     state = EnergyState.from_dict(damaged)
     assert energy_so_far(state) >= 0
@@ -740,8 +1018,9 @@ def test_new_state_naive_start_is_utc() -> None:
 
 # --- properties ---------------------------------------------------------------------------------
 
-_CONTEXTS = st.sampled_from(["Sample.Periodic", "Transaction.Begin", "Transaction.End", "Trigger",
-                             "Sample.Clock", None])
+_CONTEXTS = st.sampled_from(
+    ["Sample.Periodic", "Transaction.Begin", "Transaction.End", "Trigger", "Sample.Clock", None]
+)
 _READING = st.tuples(
     st.one_of(st.integers(-10, 2_000_000).map(str), st.sampled_from(["", "x", "1e3", "-0"])),
     st.one_of(st.none(), st.integers(-60, 600)),

@@ -147,8 +147,15 @@ def test_garbage_strings(raw: str) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "text"),
-    [(0, "0"), (1714142102, "1714142102"), (1.5, "1.5"), (True, "True"), ({"a": 1}, "{'a': 1}"),
-     ([], "[]"), (b"2024-04-26T14:35:02Z", "b'2024-04-26T14:35:02Z'")],
+    [
+        (0, "0"),
+        (1714142102, "1714142102"),
+        (1.5, "1.5"),
+        (True, "True"),
+        ({"a": 1}, "{'a': 1}"),
+        ([], "[]"),
+        (b"2024-04-26T14:35:02Z", "b'2024-04-26T14:35:02Z'"),
+    ],
 )
 def test_non_strings_are_unparseable_but_kept(raw: object, text: str) -> None:
     p = parse_timestamp(raw, RECEIVED)
@@ -254,8 +261,9 @@ def test_never_raises_on_text(raw: str) -> None:
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children,
-                                                                       max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
     max_leaves=10,
 )
 
@@ -265,9 +273,15 @@ def test_never_raises_on_json(raw: object) -> None:
     parse_timestamp(raw, RECEIVED)
 
 
-@given(st.datetimes(min_value=datetime(1900, 1, 2), max_value=datetime(9999, 12, 30),
-                    timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7)),
-                                               timezone(timedelta(hours=5, minutes=45))])))
+@given(
+    st.datetimes(
+        min_value=datetime(1900, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=5, minutes=45))]
+        ),
+    )
+)
 def test_format_then_parse_round_trips_to_the_millisecond(dt: datetime) -> None:
     p = parse_timestamp(format_utc(dt), RECEIVED)
     expected = dt.astimezone(UTC).replace(microsecond=dt.microsecond // 1000 * 1000)
@@ -276,8 +290,12 @@ def test_format_then_parse_round_trips_to_the_millisecond(dt: datetime) -> None:
 
 
 def test_fast_enough_for_every_message() -> None:
-    samples = ["2026-08-28T07:00:00Z", "2024-04-26T14:35:02+02", "2024-04-26t14:35:02.123z",
-               "garbage"] * 5000
+    samples = [
+        "2026-08-28T07:00:00Z",
+        "2024-04-26T14:35:02+02",
+        "2024-04-26t14:35:02.123z",
+        "garbage",
+    ] * 5000
     start = time.perf_counter()
     for s in samples:
         parse_timestamp(s, RECEIVED)

@@ -133,7 +133,10 @@ class OcppConnection:
                 self.metrics.schema_warnings.labels(call.action).inc()
                 log.warning(
                     "%s: %s accepted despite %s: %s",
-                    self.charge_point_id, call.action, exc.code, exc.description,
+                    self.charge_point_id,
+                    call.action,
+                    exc.code,
+                    exc.description,
                 )
             result = await route.handler(ctx, call.payload)
             reply = rpc.dump_result(call.message_id, result)

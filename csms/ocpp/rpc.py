@@ -51,8 +51,19 @@ _SCHEMA_DIRS = {
 }
 
 _PROPERTY_RULES = frozenset(
-    {"enum", "maxLength", "minLength", "pattern", "minimum", "maximum", "multipleOf", "format",
-     "exclusiveMinimum", "exclusiveMaximum", "const"}
+    {
+        "enum",
+        "maxLength",
+        "minLength",
+        "pattern",
+        "minimum",
+        "maximum",
+        "multipleOf",
+        "format",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "const",
+    }
 )
 
 

@@ -89,8 +89,12 @@ def parse_identity(path: str) -> str | None:
 
 def offered_subprotocols(headers: Headers) -> list[str]:
     """The subprotocols a client offered, in its order."""
-    return [p.strip() for value in headers.get_all("Sec-WebSocket-Protocol")
-            for p in value.split(",") if p.strip()]
+    return [
+        p.strip()
+        for value in headers.get_all("Sec-WebSocket-Protocol")
+        for p in value.split(",")
+        if p.strip()
+    ]
 
 
 class ConnectionRegistry:
@@ -198,8 +202,13 @@ class OcppServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._flusher = asyncio.create_task(self._flush_seen_forever(), name="last-seen")
-        log.info("OCPP endpoint on %s://%s:%s/ocpp/{id} (%s)",
-                 "wss" if s.tls_enabled else "ws", s.ocpp_host, self.port, ", ".join(self.routes))
+        log.info(
+            "OCPP endpoint on %s://%s:%s/ocpp/{id} (%s)",
+            "wss" if s.tls_enabled else "ws",
+            s.ocpp_host,
+            self.port,
+            ", ".join(self.routes),
+        )
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""
@@ -224,16 +233,18 @@ class OcppServer:
                 return proto
         return None
 
-    def _refuse(self, connection: ServerConnection, status: HTTPStatus, text: str,
-                basic: bool = False) -> Response:
+    def _refuse(
+        self, connection: ServerConnection, status: HTTPStatus, text: str, basic: bool = False
+    ) -> Response:
         response = connection.respond(status, text + "\n")
         if basic:
             response.headers["WWW-Authenticate"] = build_www_authenticate_basic("ocpp")
         log.info("refused %s: %s %s", connection.remote_address, int(status), text)
         return response
 
-    async def _process_request(self, connection: ServerConnection, request: Request
-                               ) -> Response | None:
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         try:
             identity = parse_identity(request.path)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -241,7 +252,8 @@ class OcppServer:
         offered = offered_subprotocols(request.headers)
         if offered and not any(p in self.routes for p in offered):
             return self._refuse(
-                connection, HTTPStatus.BAD_REQUEST,
+                connection,
+                HTTPStatus.BAD_REQUEST,
                 f"unsupported OCPP subprotocol {', '.join(offered)}; "
                 f"this server speaks {', '.join(self.routes)}",
             )
@@ -253,18 +265,24 @@ class OcppServer:
             try:
                 credentials = parse_authorization_basic(auth_header)
             except Exception:  # websockets raises InvalidHeader variants
-                return self._refuse(connection, HTTPStatus.UNAUTHORIZED,
-                                    "malformed Authorization header", basic=True)
+                return self._refuse(
+                    connection,
+                    HTTPStatus.UNAUTHORIZED,
+                    "malformed Authorization header",
+                    basic=True,
+                )
         if identity is None:
             if credentials is None:
-                return self._refuse(connection, HTTPStatus.NOT_FOUND,
-                                    "no charge point id in the path", basic=True)
+                return self._refuse(
+                    connection, HTTPStatus.NOT_FOUND, "no charge point id in the path", basic=True
+                )
             identity = credentials[0]
         cp = await self.db.read(lambda s: s.get(ChargePoint, identity))
         if cp is None:
             if not self.settings.auto_register:
-                return self._refuse(connection, HTTPStatus.NOT_FOUND,
-                                    f"unknown charge point {identity!r}")
+                return self._refuse(
+                    connection, HTTPStatus.NOT_FOUND, f"unknown charge point {identity!r}"
+                )
             cp = await self._auto_register(identity)
         refusal = await self._authenticate(connection, cp, credentials)
         if refusal is not None:
@@ -283,31 +301,47 @@ class OcppServer:
         log.warning("auto-registering unknown charge point %r (CSMS_AUTO_REGISTER)", identity)
         return await self.db.write(unit)
 
-    async def _authenticate(self, connection: ServerConnection, cp: ChargePoint,
-                            credentials: tuple[str, str] | None) -> Response | None:
+    async def _authenticate(
+        self, connection: ServerConnection, cp: ChargePoint, credentials: tuple[str, str] | None
+    ) -> Response | None:
         profile = cp.security_profile
         tls = connection.transport.get_extra_info("ssl_object") is not None
         if profile >= 2 and not tls:
-            return self._refuse(connection, HTTPStatus.FORBIDDEN,
-                                f"security profile {profile} needs TLS (wss://)")
+            return self._refuse(
+                connection, HTTPStatus.FORBIDDEN, f"security profile {profile} needs TLS (wss://)"
+            )
         if profile == 3:
             cn = peer_common_name(connection)
             if cn is None:
-                return self._refuse(connection, HTTPStatus.UNAUTHORIZED,
-                                    "a client certificate is required (security profile 3)")
+                return self._refuse(
+                    connection,
+                    HTTPStatus.UNAUTHORIZED,
+                    "a client certificate is required (security profile 3)",
+                )
             if cn != cp.id:
-                return self._refuse(connection, HTTPStatus.FORBIDDEN,
-                                    "client certificate CN does not match the charge point id")
+                return self._refuse(
+                    connection,
+                    HTTPStatus.FORBIDDEN,
+                    "client certificate CN does not match the charge point id",
+                )
             return None
         if profile in (1, 2):
             if credentials is None:
-                return self._refuse(connection, HTTPStatus.UNAUTHORIZED,
-                                    "HTTP Basic authentication required", basic=True)
+                return self._refuse(
+                    connection,
+                    HTTPStatus.UNAUTHORIZED,
+                    "HTTP Basic authentication required",
+                    basic=True,
+                )
             username, password = credentials
-            if username != cp.id or not cp.password_hash \
-                    or not await self._check_password(cp.id, cp.password_hash, password):
-                return self._refuse(connection, HTTPStatus.UNAUTHORIZED,
-                                    "invalid credentials", basic=True)
+            if (
+                username != cp.id
+                or not cp.password_hash
+                or not await self._check_password(cp.id, cp.password_hash, password)
+            ):
+                return self._refuse(
+                    connection, HTTPStatus.UNAUTHORIZED, "invalid credentials", basic=True
+                )
         return None
 
     async def _check_password(self, cp_id: str, password_hash: str, password: str) -> bool:
@@ -327,7 +361,12 @@ class OcppServer:
         cp_id: str = ws.csms_identity  # type: ignore[attr-defined]
         version = ws.subprotocol or OCPP16
         conn = OcppConnection(
-            ws, cp_id, version, self.routes[version], self.metrics, next(self._generations),
+            ws,
+            cp_id,
+            version,
+            self.routes[version],
+            self.metrics,
+            next(self._generations),
             self._mark_seen,
         )
         old = self.registry.replace(conn)
@@ -361,4 +400,3 @@ class OcppServer:
                 await self._flush_seen()
             except Exception:
                 log.exception("flushing last-seen times failed")
-

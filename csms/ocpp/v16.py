@@ -24,12 +24,26 @@ from csms.service import (
 )
 from csms.timestamps import format_utc, parse_timestamp
 
-ERROR_CODES = frozenset({
-    "ConnectorLockFailure", "EVCommunicationError", "GroundFailure", "HighTemperature",
-    "InternalError", "LocalListConflict", "NoError", "OtherError", "OverCurrentFailure",
-    "PowerMeterFailure", "PowerSwitchFailure", "ReaderFailure", "ResetFailure", "UnderVoltage",
-    "OverVoltage", "WeakSignal",
-})
+ERROR_CODES = frozenset(
+    {
+        "ConnectorLockFailure",
+        "EVCommunicationError",
+        "GroundFailure",
+        "HighTemperature",
+        "InternalError",
+        "LocalListConflict",
+        "NoError",
+        "OtherError",
+        "OverCurrentFailure",
+        "PowerMeterFailure",
+        "PowerSwitchFailure",
+        "ReaderFailure",
+        "ResetFailure",
+        "UnderVoltage",
+        "OverVoltage",
+        "WeakSignal",
+    }
+)
 
 
 def id_tag_info(auth: AuthResult) -> dict[str, Any]:
@@ -57,8 +71,9 @@ def _int(payload: dict[str, Any], key: str, required: bool = True) -> int | None
         number = float(str(value).strip())
     except ValueError:
         if required:
-            raise OcppError("TypeConstraintViolation", f"{key} must be an integer",
-                            {"field": key}) from None
+            raise OcppError(
+                "TypeConstraintViolation", f"{key} must be an integer", {"field": key}
+            ) from None
         return None
     return int(number)
 
@@ -97,16 +112,22 @@ class V16Handlers:
     async def boot_notification(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         """OCPP 1.6 §4.2: store the station's identity; Accepted with our heartbeat interval."""
         info = BootInfo(
-            vendor=_str(p.get("chargePointVendor")), model=_str(p.get("chargePointModel")),
+            vendor=_str(p.get("chargePointVendor")),
+            model=_str(p.get("chargePointModel")),
             serial_number=_str(p.get("chargePointSerialNumber")),
             charge_box_serial_number=_str(p.get("chargeBoxSerialNumber")),
-            firmware_version=_str(p.get("firmwareVersion")), iccid=_str(p.get("iccid")),
-            imsi=_str(p.get("imsi")), meter_type=_str(p.get("meterType")),
+            firmware_version=_str(p.get("firmwareVersion")),
+            iccid=_str(p.get("iccid")),
+            imsi=_str(p.get("imsi")),
+            meter_type=_str(p.get("meterType")),
             meter_serial_number=_str(p.get("meterSerialNumber")),
         )
         status = await self.service.boot(ctx.charge_point_id, info)
-        return {"status": status, "currentTime": format_utc(ctx.received_at),
-                "interval": self.heartbeat_interval}
+        return {
+            "status": status,
+            "currentTime": format_utc(ctx.received_at),
+            "interval": self.heartbeat_interval,
+        }
 
     async def status_notification(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         """OCPP 1.6 §4.9: store the connector status; unknown error codes become OtherError
@@ -114,35 +135,47 @@ class V16Handlers:
         connector_id = _int(p, "connectorId")
         assert connector_id is not None
         raw_error = _str(p.get("errorCode"))
-        await self.service.status(ctx.charge_point_id, StatusReport(
-            connector_id=connector_id,
-            status=_str(p.get("status")),
-            error_code=raw_error if raw_error in ERROR_CODES else "OtherError",
-            raw_error_code=raw_error,
-            info=_str(p.get("info")),
-            vendor_id=_str(p.get("vendorId")),
-            vendor_error_code=_str(p.get("vendorErrorCode")),
-            timestamp=parse_timestamp(p.get("timestamp"), ctx.received_at,
-                                      self.service.skew_tolerance_s)
-            if "timestamp" in p else None,
-        ))
+        await self.service.status(
+            ctx.charge_point_id,
+            StatusReport(
+                connector_id=connector_id,
+                status=_str(p.get("status")),
+                error_code=raw_error if raw_error in ERROR_CODES else "OtherError",
+                raw_error_code=raw_error,
+                info=_str(p.get("info")),
+                vendor_id=_str(p.get("vendorId")),
+                vendor_error_code=_str(p.get("vendorErrorCode")),
+                timestamp=parse_timestamp(
+                    p.get("timestamp"), ctx.received_at, self.service.skew_tolerance_s
+                )
+                if "timestamp" in p
+                else None,
+            ),
+        )
         return {}
 
     async def authorize(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         """OCPP 1.6 §4.1."""
-        return {"idTagInfo": id_tag_info(await self.service.authorize(ctx.charge_point_id,
-                                                                       p.get("idTag")))}
+        return {
+            "idTagInfo": id_tag_info(
+                await self.service.authorize(ctx.charge_point_id, p.get("idTag"))
+            )
+        }
 
     async def start_transaction(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         """OCPP 1.6 §4.8: the transactionId is issued by our database."""
-        result = await self.service.start_transaction(ctx.charge_point_id, StartRequest(
-            connector_id=_int(p, "connectorId"),
-            id_tag_raw=_str(p.get("idTag")),
-            meter_start=_int(p, "meterStart", required=False),
-            timestamp=parse_timestamp(p.get("timestamp"), ctx.received_at,
-                                      self.service.skew_tolerance_s),
-            reservation_id=_int(p, "reservationId", required=False),
-        ))
+        result = await self.service.start_transaction(
+            ctx.charge_point_id,
+            StartRequest(
+                connector_id=_int(p, "connectorId"),
+                id_tag_raw=_str(p.get("idTag")),
+                meter_start=_int(p, "meterStart", required=False),
+                timestamp=parse_timestamp(
+                    p.get("timestamp"), ctx.received_at, self.service.skew_tolerance_s
+                ),
+                reservation_id=_int(p, "reservationId", required=False),
+            ),
+        )
         return {"transactionId": result.transaction_pk, "idTagInfo": id_tag_info(result.auth)}
 
     async def stop_transaction(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -152,16 +185,20 @@ class V16Handlers:
             p.get("transactionData") or [], ctx.received_at, self.service.skew_tolerance_s
         )
         tx_id = p.get("transactionId")
-        await self.service.stop_transaction(ctx.charge_point_id, StopRequest(
-            ocpp_id=None if tx_id is None else str(_int(p, "transactionId", required=False)),
-            id_tag_raw=_str(p.get("idTag")),
-            meter_stop=_int(p, "meterStop", required=False),
-            timestamp=parse_timestamp(p.get("timestamp"), ctx.received_at,
-                                      self.service.skew_tolerance_s),
-            reason=_str(p.get("reason")),
-            samples=samples,
-            message_id=ctx.message_id,
-        ))
+        await self.service.stop_transaction(
+            ctx.charge_point_id,
+            StopRequest(
+                ocpp_id=None if tx_id is None else str(_int(p, "transactionId", required=False)),
+                id_tag_raw=_str(p.get("idTag")),
+                meter_stop=_int(p, "meterStop", required=False),
+                timestamp=parse_timestamp(
+                    p.get("timestamp"), ctx.received_at, self.service.skew_tolerance_s
+                ),
+                reason=_str(p.get("reason")),
+                samples=samples,
+                message_id=ctx.message_id,
+            ),
+        )
         return {"idTagInfo": {"status": "Accepted"}} if p.get("idTag") is not None else {}
 
     async def meter_values(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -171,8 +208,10 @@ class V16Handlers:
         )
         tx_id = _int(p, "transactionId", required=False)
         await self.service.meter_values(
-            ctx.charge_point_id, _int(p, "connectorId", required=False),
-            None if tx_id is None else str(tx_id), samples,
+            ctx.charge_point_id,
+            _int(p, "connectorId", required=False),
+            None if tx_id is None else str(tx_id),
+            samples,
         )
         return {}
 

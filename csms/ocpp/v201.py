@@ -35,23 +35,35 @@ class V201Handlers:
         """B01: store the station's identity; Accepted with our heartbeat interval."""
         station = p.get("chargingStation") or {}
         modem = station.get("modem") or {}
-        status = await self.service.boot(ctx.charge_point_id, BootInfo(
-            vendor=_str(station.get("vendorName")), model=_str(station.get("model")),
-            serial_number=_str(station.get("serialNumber")),
-            firmware_version=_str(station.get("firmwareVersion")),
-            iccid=_str(modem.get("iccid")), imsi=_str(modem.get("imsi")),
-            reason=_str(p.get("reason")),
-        ))
-        return {"status": status, "currentTime": format_utc(ctx.received_at),
-                "interval": self.heartbeat_interval}
+        status = await self.service.boot(
+            ctx.charge_point_id,
+            BootInfo(
+                vendor=_str(station.get("vendorName")),
+                model=_str(station.get("model")),
+                serial_number=_str(station.get("serialNumber")),
+                firmware_version=_str(station.get("firmwareVersion")),
+                iccid=_str(modem.get("iccid")),
+                imsi=_str(modem.get("imsi")),
+                reason=_str(p.get("reason")),
+            ),
+        )
+        return {
+            "status": status,
+            "currentTime": format_utc(ctx.received_at),
+            "interval": self.heartbeat_interval,
+        }
 
     async def status_notification(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         """G01: the status of one connector of one EVSE."""
-        await self.service.status(ctx.charge_point_id, StatusReport(
-            connector_id=int(p.get("evseId", 0)),
-            evse_connector_id=int(p.get("connectorId", 0)),
-            status=_str(p.get("connectorStatus")),
-            timestamp=parse_timestamp(p.get("timestamp"), ctx.received_at,
-                                      self.service.skew_tolerance_s),
-        ))
+        await self.service.status(
+            ctx.charge_point_id,
+            StatusReport(
+                connector_id=int(p.get("evseId", 0)),
+                evse_connector_id=int(p.get("connectorId", 0)),
+                status=_str(p.get("connectorStatus")),
+                timestamp=parse_timestamp(
+                    p.get("timestamp"), ctx.received_at, self.service.skew_tolerance_s
+                ),
+            ),
+        )
         return {}
