@@ -43,7 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="apply migrations and run the OCPP endpoint and the HTTP API")
     sub.add_parser("migrate", help="apply database migrations and exit")
+    from csms.simulator import add_arguments, simulate
+
+    add_arguments(sub.add_parser("simulate", help="run simulated OCPP 1.6 chargers"))
     args = parser.parse_args(argv)
+    if args.command == "simulate":
+        logging.basicConfig(level=logging.WARNING)
+        asyncio.run(simulate(args))
+        return 0
     try:
         settings = load_settings()
     except ConfigError as exc:
