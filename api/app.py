@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from billing.service import Billing
 from csms.commands import CommandService
 from csms.db import Database
 from csms.errors import (
@@ -33,14 +34,18 @@ from csms.errors import (
     Conflict,
     ConnectionLost,
     CsmsError,
+    Forbidden,
     InvalidRequest,
     NotFound,
+    PaymentRequired,
+    Unavailable,
 )
 from csms.metering import EnergyState, energy_so_far
 from csms.metrics import Metrics
-from csms.models import ApiToken, ChargePoint, Connector, IdTag, Transaction
+from csms.models import ApiToken, ChargePoint, Connector, IdTag, TariffRow, Transaction
 from csms.ocpp.server import ConnectionRegistry, hash_password
 from csms.service import canonical_id_tag
+from csms.sessions import SessionService
 from csms.timestamps import format_utc, parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,8 @@ class ApiContext:
     commands: CommandService
     metrics: Metrics
     admin_token: str | None
+    sessions: SessionService
+    billing: Billing
 
 
 CTX = web.AppKey("ctx", ApiContext)
@@ -105,6 +112,8 @@ _STATUS: list[tuple[type[CsmsError], int]] = [
     (CallTimeout, 504),
     (CallRejected, 502),
     (ConnectionLost, 502),
+    (Forbidden, 403),
+    (Unavailable, 503),
 ]
 
 
@@ -115,6 +124,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except CallRejected as exc:
         return error_response(502, exc.ocpp_code, exc.description, details=exc.details)
+    except PaymentRequired as exc:
+        return error_response(
+            402, exc.code, exc.message, exc.field,
+            decline_code=exc.decline_code, stripe_code=exc.stripe_code,
+        )
     except CsmsError as exc:
         for cls, status in _STATUS:
             if isinstance(exc, cls):
@@ -296,6 +310,10 @@ async def put_charge_point(request: web.Request) -> web.Response:
 
         if not await request.app[CTX].db.read(has_password):
             raise InvalidRequest("security profiles 1 and 2 need a password", field="password")
+    if body.tariff_id is not None:
+        exists = await request.app[CTX].db.read(lambda s: s.get(TariffRow, body.tariff_id))
+        if exists is None:
+            raise InvalidRequest(f"unknown tariff {body.tariff_id!r}", field="tariff_id")
     password_hash = None
     if body.password:
         password_hash = await asyncio.to_thread(hash_password, body.password)
@@ -480,15 +498,3 @@ async def list_transactions(request: web.Request) -> web.Response:
     q = q.order_by(col(Transaction.id).desc()).limit(limit)
     rows = await request.app[CTX].db.read(lambda s: s.execute(q))
     return json_response({"items": [transaction_json(t) for t in rows.scalars()]})
-
-
-def build_app(ctx: ApiContext, extra_routes: list[web.RouteDef] | None = None) -> web.Application:
-    """The aiohttp application; ``extra_routes`` lets the composition root add billing's."""
-    app = web.Application(
-        middlewares=[errors_middleware, auth_middleware], client_max_size=1024 * 1024
-    )
-    app[CTX] = ctx
-    app.add_routes(routes)
-    if extra_routes:
-        app.add_routes(extra_routes)
-    return app

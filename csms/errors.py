@@ -79,3 +79,27 @@ class CallRejected(CallFailed):
         self.ocpp_code = ocpp_code
         self.description = description
         self.details = details
+
+
+class PaymentRequired(CsmsError):
+    """The card hold was not authorised (402); ``decline_code`` is Stripe's."""
+
+    code = "payment_declined"
+
+    def __init__(self, message: str, decline_code: str | None = None,
+                 stripe_code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message, field)
+        self.decline_code = decline_code
+        self.stripe_code = stripe_code
+
+
+class Unavailable(CsmsError):
+    """A dependency (Stripe) did not answer; try again later (503)."""
+
+    code = "unavailable"
+
+
+class Forbidden(CsmsError):
+    """The caller may not do this (403)."""
+
+    code = "forbidden"

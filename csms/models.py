@@ -112,6 +112,8 @@ class Transaction(SQLModel, table=True):
     meter_start: int | None = Field(default=None, sa_column=Column(BigInteger))
     meter_stop: int | None = Field(default=None, sa_column=Column(BigInteger))
     energy_wh: int | None = Field(default=None, sa_column=Column(BigInteger))
+    session_id: int | None = None
+    """The paid charging session this transaction belongs to, if any."""
     meter_state: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(JSON, nullable=False)
     )
@@ -203,3 +205,77 @@ class ApiToken(SQLModel, table=True):
     """The driver id for a driver token."""
     name: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
+
+
+class Driver(SQLModel, table=True):
+    """A driver who pays by card; ``id`` is opaque (``drv_`` + 24 hex digits)."""
+
+    __tablename__ = "driver"
+
+    id: str = Field(primary_key=True, max_length=40)
+    email: str = Field(sa_column=Column(Text, nullable=False, unique=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
+
+
+class DriverTag(SQLModel, table=True):
+    """An RFID card (idTag, canonical upper case) linked to a driver."""
+
+    __tablename__ = "driver_tag"
+
+    id_tag: str = Field(primary_key=True, max_length=255)
+    driver_id: str = Field(foreign_key="driver.id", max_length=40, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
+
+
+class TariffRow(SQLModel, table=True):
+    """An operator's tariff: the OCPI 2.2.1 Tariff document plus ``hold_amount``."""
+
+    __tablename__ = "tariff"
+
+    id: str = Field(primary_key=True, max_length=64)
+    document: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
+
+
+class ChargingSession(SQLModel, table=True):
+    """A paid charging session: a driver, a hold, a transaction, a cost, a capture.
+
+    ``status``: authorizing -> starting (app) | authorized (RFID) -> charging -> settling ->
+    completed; or failed (hold refused, charger refused, never started). ``id`` is the id in
+    every Stripe idempotency key (``session:{id}:capture``).
+    """
+
+    __tablename__ = "charging_session"
+    __table_args__ = (Index("ix_session_tag_status", "id_tag", "status"),)
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    driver_id: str = Field(foreign_key="driver.id", max_length=40, index=True)
+    charge_point_id: str = Field(max_length=255)
+    connector_id: int | None = None
+    origin: str = "app"
+    """app (API + RemoteStart) | rfid (Authorize) | offline (StartTransaction without hold)."""
+    id_tag: str = Field(max_length=255)
+    status: str = "authorizing"
+    tariff_id: str
+    tariff: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    """Snapshot of the tariff document at the start (prices never change mid-session)."""
+    currency: str
+    hold_amount: int
+    transaction_pk: int | None = Field(default=None, index=True)
+    energy_wh: int | None = Field(default=None, sa_column=Column(BigInteger))
+    cost: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    """{"amount", "currency", "lines": [...]} once known (minor units)."""
+    status_log: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    """[[ISO time, connector status], ...] while the transaction runs (parking time)."""
+    failure_reason: str | None = Field(default=None, sa_column=Column(Text))
+    stop_requested_at: datetime | None = _ts()
+    stop_reason: str | None = None
+    started_at: datetime | None = _ts()
+    stopped_at: datetime | None = _ts()
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -135,6 +134,7 @@ class StartResult:
     ocpp_id: str
     auth: AuthResult
     duplicate: bool = False
+    transaction: Transaction | None = None
 
 
 @dataclass(slots=True)
@@ -159,7 +159,39 @@ class StopResult:
     energy_wh: int | None
 
 
-TransactionListener = Callable[[Transaction], Awaitable[None]]
+class SessionHooks(Protocol):
+    """What the paid-session layer (``csms.sessions``) adds to the OCPP domain. The ``on_*``
+    hooks run inside the message's unit of work (database only); ``after_*`` and ``authorize``
+    run outside it, before or after the answer."""
+
+    async def authorize(self, cp_id: str, tag: str) -> AuthResult | None:
+        """A tag that is not an operator tag: a driver's card (may place a hold)."""
+        ...
+
+    async def on_start(self, s: AsyncSession, tx: Transaction, auth: AuthResult) -> AuthResult:
+        """Link a new transaction to its session; returns the authorisation to answer."""
+        ...
+
+    async def after_start(self, tx: Transaction) -> None:
+        """After the StartTransaction is stored."""
+        ...
+
+    async def on_status(self, s: AsyncSession, cp_id: str, connector_id: int,
+                        status: str | None, at: datetime) -> None:
+        """A connector status change."""
+        ...
+
+    async def after_meter(self, tx_pk: int, session_id: int, energy_wh: int | None) -> None:
+        """After meter values of a transaction with a session are stored."""
+        ...
+
+    async def on_stop(self, s: AsyncSession, tx: Transaction) -> None:
+        """A transaction was finalised (in the stop's unit of work)."""
+        ...
+
+    async def after_stop(self, tx: Transaction) -> None:
+        """After the stop is stored."""
+        ...
 
 
 def _blank(value: Any) -> str | None:
@@ -183,7 +215,7 @@ class ChargingService:
         self.metrics = metrics
         self.authorizer: Authorizer = authorizer or OperatorTagAuthorizer()
         self.skew_tolerance_s = skew_tolerance_s
-        self.on_transaction_completed: list[TransactionListener] = []
+        self.hooks: SessionHooks | None = None
 
     async def init_metrics(self) -> None:
         """Set gauges from the database (at start)."""
@@ -286,6 +318,10 @@ class ChargingService:
                 row.status_timestamp = report.timestamp.value
                 row.status_timestamp_raw = report.timestamp.raw
             row.updated_at = utcnow()
+            if self.hooks is not None:
+                at = effective_time(report.timestamp, row.updated_at) \
+                    if report.timestamp is not None else row.updated_at
+                await self.hooks.on_status(s, cp_id, report.connector_id, report.status, at)
 
         await self.db.write(unit)
 
@@ -322,6 +358,8 @@ class ChargingService:
             return await self.authorizer.authorize(s, cp_id, tag)
 
         result = await self.db.read(fn)
+        if result.status == "Invalid" and self.hooks is not None:
+            result = await self.hooks.authorize(cp_id, tag) or result
         if result.status != "Accepted":
             log.info(
                 "%s: id tag %s not accepted: %s (%s)", cp_id, tag, result.status, result.reason
@@ -353,6 +391,8 @@ class ChargingService:
                 )
             existing = (await s.execute(dup_q.limit(1))).scalars().first()
             if existing is not None and existing.id is not None:
+                if existing.session_id is not None:
+                    auth = AuthResult("Accepted")
                 return StartResult(existing.id, existing.ocpp_id or str(existing.id), auth, True)
             cp = await s.get(ChargePoint, cp_id)
             received = utcnow()
@@ -363,9 +403,6 @@ class ChargingService:
             )
             if req.samples:
                 state = observe(state, req.samples)
-            flags = [] if req.timestamp.trusted else ["untrusted_time"]
-            if auth.status != "Accepted":
-                flags.append(f"auth_{auth.status.lower()}")
             tx = Transaction(
                 charge_point_id=cp_id,
                 connector_id=req.connector_id,
@@ -377,20 +414,28 @@ class ChargingService:
                 started_at_raw=req.timestamp.raw,
                 start_received_at=received,
                 meter_state=state.to_dict(),
-                flags=flags,
             )
             s.add(tx)
             await s.flush()
             assert tx.id is not None
             if tx.ocpp_id is None:
                 tx.ocpp_id = str(tx.id)
+            if self.hooks is not None:
+                auth = await self.hooks.on_start(s, tx, auth)
+            flags = [] if req.timestamp.trusted else ["untrusted_time"]
+            if auth.status != "Accepted":
+                flags.append(f"auth_{auth.status.lower()}")
+            tx.flags = flags
+
             if req.samples:
                 await self._insert_samples(s, cp_id, req.connector_id, tx.id, req.samples)
-            return StartResult(tx.id, tx.ocpp_id, auth)
+            return StartResult(tx.id, tx.ocpp_id, auth, transaction=tx)
 
         result = await self.db.write(unit)
         if not result.duplicate:
             self.metrics.active_transactions.inc()
+            if self.hooks is not None and result.transaction is not None:
+                await self.hooks.after_start(result.transaction)
         return result
 
     async def meter_values(
@@ -401,7 +446,7 @@ class ChargingService:
         if not samples:
             return None
 
-        async def unit(s: AsyncSession) -> int | None:
+        async def unit(s: AsyncSession) -> tuple[int | None, int | None, int | None]:
             tx = await self._find_tx(s, cp_id, ocpp_id) if ocpp_id is not None else None
             tx_pk = tx.id if tx is not None else None
             if tx is not None and tx.status == "active":
@@ -410,10 +455,14 @@ class ChargingService:
                 await self._learn_session_relative(s, cp_id, state)
             await self._insert_samples(s, cp_id, connector_id, tx_pk, samples)
             if tx is not None and tx.status == "active":
-                return energy_so_far(EnergyState.from_dict(tx.meter_state))
-            return None
+                energy = energy_so_far(EnergyState.from_dict(tx.meter_state))
+                return energy, tx.id, tx.session_id
+            return None, None, None
 
-        return await self.db.write(unit)
+        energy, tx_pk, session_id = await self.db.write(unit)
+        if session_id is not None and tx_pk is not None and self.hooks is not None:
+            await self.hooks.after_meter(tx_pk, session_id, energy)
+        return energy
 
     async def stop_transaction(self, cp_id: str, req: StopRequest) -> StopResult:
         """Finalise a transaction (idempotent); unknown ids become orphans for review."""
@@ -471,17 +520,16 @@ class ChargingService:
             tx.stop_reason = req.reason
             tx.status = "completed"
             tx.flags = sorted(set(tx.flags) | set(flags) | set(energy.flags))
+            if self.hooks is not None:
+                await self.hooks.on_stop(s, tx)
             return StopResult("completed", tx.id, energy.energy_wh), tx
 
         result, tx = await self.db.write(unit)
         if result.outcome == "completed" and tx is not None:
             self.metrics.active_transactions.dec()
             self.metrics.energy_delivered.inc(max(result.energy_wh or 0, 0))
-            for listener in self.on_transaction_completed:
-                try:
-                    await listener(tx)
-                except Exception:
-                    log.exception("transaction listener failed for %s", tx.id)
+            if self.hooks is not None:
+                await self.hooks.after_stop(tx)
         return result
 
     async def _find_tx(self, s: AsyncSession, cp_id: str, ocpp_id: str) -> Transaction | None:

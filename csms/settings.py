@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,6 +76,26 @@ class Settings(BaseModel):
     """``STRIPE_WEBHOOK_SECRET``: the signing secret of the webhook endpoint."""
     stripe_api_base: str | None = None
     """``CSMS_STRIPE_API_BASE``: Stripe API address (an emulator in tests)."""
+
+    stripe_timeout: float = Field(default=20.0, gt=0)
+    """Seconds per Stripe request."""
+    stripe_emulator_data: Path | None = Path("var") / "stripe-emulator.pickle"
+    """Where the embedded emulator keeps its objects (only without STRIPE_API_KEY)."""
+
+    default_tariff_currency: str = Field(default="JPY", pattern=r"^[A-Z]{3}$")
+    """Currency of the ``default`` tariff created on a fresh install."""
+    default_tariff_energy_price: Decimal = Field(default=Decimal("40"), ge=0)
+    """Price per kWh of the ``default`` tariff, major units (¥40/kWh)."""
+    default_tariff_hold_amount: int = Field(default=3000, ge=1)
+    """Hold of the ``default`` tariff, minor units (¥3,000)."""
+    topup_policy: Literal["none", "topup"] = "none"
+    """none: a driver never pays more than the hold (the session is stopped when the running
+    cost reaches it; any overshoot is not collected). topup: keep charging past the hold and
+    charge the rest off-session at the end."""
+    settle_below_minimum: Literal["waive", "round_up"] = "waive"
+    """A cost below Stripe's minimum charge: cancel the hold, or collect the minimum."""
+    session_start_timeout: float = Field(default=120.0, gt=0)
+    """Seconds a paid session waits for the charger's StartTransaction before failing."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

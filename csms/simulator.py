@@ -4,8 +4,9 @@ E2E.md and load tests.
 Each simulated charger boots, reports its connector Available and then either waits for a
 RemoteStartTransaction (``--mode remote``, the app flow) or presents an RFID card
 (``--mode rfid``: Authorize, then StartTransaction). While charging it sends MeterValues every
-``--meter-interval`` seconds at ``--power-w`` watts until the CSMS sends RemoteStopTransaction,
-``--energy-wh`` have been delivered, or ``--max-seconds`` pass; then StopTransaction. Simulated
+``--meter-interval`` seconds at ``--power-w`` watts until ``--energy-wh`` have been delivered
+(the car is full): an RFID session then stops; an app session reports SuspendedEV and waits for
+the driver's stop (RemoteStopTransaction) or ``--max-seconds``; then StopTransaction. Simulated
 time can run faster than real time (``--speed``), so a 30-minute session takes seconds.
 """
 
@@ -48,8 +49,10 @@ class Profile:
 class SimCharger(LibChargePoint):  # type: ignore[misc]
     """One simulated OCPP 1.6 charge point with one connector and an energy register (Wh)."""
 
-    def __init__(self, cp_id: str, ws: Any, profile: Profile, register_wh: int = 1000) -> None:
+    def __init__(self, cp_id: str, ws: Any, profile: Profile, register_wh: int = 1000,
+                 stop_when_full: bool = True) -> None:
         super().__init__(cp_id, ws)
+        self.stop_when_full = stop_when_full
         self.profile = profile
         self.register_wh = register_wh
         # simulated time runs faster than real time: start the clock in the past by the
@@ -157,8 +160,19 @@ class SimCharger(LibChargePoint):  # type: ignore[misc]
                     ],
                 )
             )
-            if self.register_wh >= meter_start + p.energy_wh or elapsed >= p.max_seconds:
-                reason = "EVDisconnected"
+            if elapsed >= p.max_seconds:
+                break
+            if self.register_wh >= meter_start + p.energy_wh:
+                if self.stop_when_full:
+                    break
+                # the car is full: it stays plugged in until the driver stops the session
+                await self.status(ChargePointStatus.suspended_ev)
+                try:
+                    await asyncio.wait_for(self.stop_requested.wait(),
+                                           max(p.max_seconds - elapsed, 0) / p.speed)
+                    reason = "Remote"
+                except TimeoutError:
+                    pass
                 break
         await self.status(ChargePointStatus.finishing)
         await self.call(
@@ -196,7 +210,7 @@ async def run_charger(
         additional_headers=headers,
         compression=None,
     ) as ws:
-        cp = SimCharger(cp_id, ws, profile)
+        cp = SimCharger(cp_id, ws, profile, stop_when_full=mode == "rfid")
         runner = asyncio.create_task(cp.start())
         try:
             await cp.boot()

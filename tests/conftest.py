@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from alembic import command
 
+from billing.emulator import StripeEmulator, start_emulator
 from csms.app import Csms
 from csms.migrate import alembic_config
 from csms.settings import Settings, load_settings
@@ -35,6 +36,7 @@ def migrate_sync(url: str) -> None:
 
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+WEBHOOK_SECRET = "whsec_test_lifeline"
 CP_PASSWORD = "correct-horse-battery-staple"
 
 
@@ -91,6 +93,8 @@ def test_settings(database_url: str, **overrides: Any) -> Settings:
         "admin_token": ADMIN_TOKEN,
         "command_timeout": 5.0,
         "last_seen_flush_interval": 0.2,
+        "stripe_emulator_data": None,
+        "stripe_timeout": 5.0,
     }
     values.update(overrides)
     return load_settings({}, **values)
@@ -154,16 +158,32 @@ class Server:
 
 
 @pytest.fixture
-async def server_factory(database_url: str) -> AsyncIterator[Any]:
-    """Start servers with extra settings: ``await server_factory(auto_register=True)``."""
+async def emulator() -> AsyncIterator[StripeEmulator]:
+    """localstripe in this process on a free loopback port, empty."""
+    emu = await start_emulator()
+    await emu.reset()
+    try:
+        yield emu
+    finally:
+        await emu.stop()
+
+
+@pytest.fixture
+async def server_factory(database_url: str, emulator: StripeEmulator) -> AsyncIterator[Any]:
+    """Start servers with extra settings: ``await server_factory(auto_register=True)``.
+    Stripe is the test's emulator (it outlives server restarts); its webhooks are delivered
+    to the server."""
     started: list[Server] = []
     http = aiohttp.ClientSession()
 
     async def start(**overrides: Any) -> Server:
-        app = Csms(test_settings(database_url, **overrides))
+        values = {"stripe_api_base": emulator.api_base, "stripe_webhook_secret": WEBHOOK_SECRET}
+        values.update(overrides)
+        app = Csms(test_settings(database_url, **values))
         await app.start(migrate=False)
         srv = Server(app, http)
         started.append(srv)
+        await emulator.register_webhook(f"{srv.api_url}/api/v1/stripe/webhook", WEBHOOK_SECRET)
         return srv
 
     try:

@@ -1,8 +1,8 @@
-"""ocpp core tables
+"""initial schema
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-30 15:21:46.551929
+Create Date: 2026-11-30 15:37:44.612456
 """
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def upgrade() -> None:
     sa.Column('stripe_customer_id', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
     sa.Column('default_payment_method', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
     sa.Column('setup_seq', sa.Integer(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('created_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('updated_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('driver_id'),
     sa.UniqueConstraint('stripe_customer_id')
     )
@@ -52,12 +52,12 @@ def upgrade() -> None:
     sa.Column('params', sa.JSON(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('next_attempt_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('lease_until', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('result', sa.JSON(), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('created_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('finished_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('idempotency_key')
     )
@@ -91,8 +91,8 @@ def upgrade() -> None:
     sa.Column('failure_code', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('failure_message', sa.Text(), nullable=True),
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('created_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('updated_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('session_id')
     )
     with op.batch_alter_table('billing_payment', schema=None) as batch_op:
@@ -111,8 +111,8 @@ def upgrade() -> None:
     sa.Column('reason', sa.Text(), nullable=True),
     sa.Column('requested_by', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('failure_message', sa.Text(), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('created_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('updated_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('billing_refund', schema=None) as batch_op:
@@ -129,8 +129,8 @@ def upgrade() -> None:
     sa.Column('result', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('received_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('processed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('received_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('processed_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_table('charge_point',
@@ -170,6 +170,13 @@ def upgrade() -> None:
     sa.Column('created_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
     sa.Column('answered_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
+    )
+    op.create_table('driver',
+    sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('email', sa.Text(), nullable=False),
+    sa.Column('created_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('email')
     )
     op.create_table('id_tag',
     sa.Column('id_tag', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
@@ -214,6 +221,43 @@ def upgrade() -> None:
     with op.batch_alter_table('ocpp_event', schema=None) as batch_op:
         batch_op.create_index('ix_ocpp_event_cp_kind', ['charge_point_id', 'kind'], unique=False)
 
+    op.create_table('tariff',
+    sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('document', sa.JSON(), nullable=False),
+    sa.Column('updated_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    op.create_table('charging_session',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('driver_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('charge_point_id', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+    sa.Column('connector_id', sa.Integer(), nullable=True),
+    sa.Column('origin', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('id_tag', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('tariff_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('tariff', sa.JSON(), nullable=False),
+    sa.Column('currency', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('hold_amount', sa.Integer(), nullable=False),
+    sa.Column('transaction_pk', sa.Integer(), nullable=True),
+    sa.Column('energy_wh', sa.BigInteger(), nullable=True),
+    sa.Column('cost', sa.JSON(), nullable=True),
+    sa.Column('status_log', sa.JSON(), nullable=False),
+    sa.Column('failure_reason', sa.Text(), nullable=True),
+    sa.Column('stop_requested_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('stop_reason', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('started_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('stopped_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('updated_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['driver_id'], ['driver.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('charging_session', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_charging_session_driver_id'), ['driver_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_charging_session_transaction_pk'), ['transaction_pk'], unique=False)
+        batch_op.create_index('ix_session_tag_status', ['id_tag', 'status'], unique=False)
+
     op.create_table('connector',
     sa.Column('charge_point_id', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
     sa.Column('connector_id', sa.Integer(), nullable=False),
@@ -230,6 +274,16 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['charge_point_id'], ['charge_point.id'], ),
     sa.PrimaryKeyConstraint('charge_point_id', 'connector_id')
     )
+    op.create_table('driver_tag',
+    sa.Column('id_tag', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+    sa.Column('driver_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('created_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['driver_id'], ['driver.id'], ),
+    sa.PrimaryKeyConstraint('id_tag')
+    )
+    with op.batch_alter_table('driver_tag', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_driver_tag_driver_id'), ['driver_id'], unique=False)
+
     op.create_table('transaction',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('ocpp_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
@@ -241,6 +295,7 @@ def upgrade() -> None:
     sa.Column('meter_start', sa.BigInteger(), nullable=True),
     sa.Column('meter_stop', sa.BigInteger(), nullable=True),
     sa.Column('energy_wh', sa.BigInteger(), nullable=True),
+    sa.Column('session_id', sa.Integer(), nullable=True),
     sa.Column('meter_state', sa.JSON(), nullable=False),
     sa.Column('started_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
     sa.Column('started_at_raw', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
@@ -268,7 +323,18 @@ def downgrade() -> None:
         batch_op.drop_index('ix_transaction_cp_ocpp')
 
     op.drop_table('transaction')
+    with op.batch_alter_table('driver_tag', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_driver_tag_driver_id'))
+
+    op.drop_table('driver_tag')
     op.drop_table('connector')
+    with op.batch_alter_table('charging_session', schema=None) as batch_op:
+        batch_op.drop_index('ix_session_tag_status')
+        batch_op.drop_index(batch_op.f('ix_charging_session_transaction_pk'))
+        batch_op.drop_index(batch_op.f('ix_charging_session_driver_id'))
+
+    op.drop_table('charging_session')
+    op.drop_table('tariff')
     with op.batch_alter_table('ocpp_event', schema=None) as batch_op:
         batch_op.drop_index('ix_ocpp_event_cp_kind')
 
@@ -278,6 +344,7 @@ def downgrade() -> None:
 
     op.drop_table('meter_sample')
     op.drop_table('id_tag')
+    op.drop_table('driver')
     op.drop_table('command')
     op.drop_table('charge_point')
     op.drop_table('billing_webhook_event')
