@@ -131,7 +131,7 @@ async def test_kill_9_between_stop_and_capture_captures_once(
                 "connectorId": 1, "idTag": tag, "meterStart": 1000,
                 "timestamp": "2026-11-30T10:00:00Z"}))["transactionId"]
 
-            proxy.delay("POST", CAPTURE, seconds=3600)  # Stripe captures; the answer is lost
+            proxy.delay("POST", CAPTURE, seconds=5)  # Stripe captures; the answer is lost
             assert await cp.result("StopTransaction", {
                 "transactionId": tx_id, "meterStop": 8500,
                 "timestamp": "2026-11-30T11:00:00Z"}) == {}
