@@ -41,6 +41,7 @@ routes = web.RouteTableDef()
 
 # -- bodies -----------------------------------------------------------------------------------
 
+
 class SignupIn(BaseModel):
     """POST /api/v1/drivers."""
 
@@ -90,6 +91,7 @@ class TariffIn(BaseModel):
 
 # -- helpers ----------------------------------------------------------------------------------
 
+
 def ctx_of(request: web.Request) -> ApiContext:
     """The API context."""
     return request.app[CTX]
@@ -121,8 +123,11 @@ def payment_json(view: PaymentView | None) -> dict[str, Any] | None:
     """The API shape of a session's payment (minor units)."""
     if view is None:
         return None
-    authorised = view.hold_amount if view.hold_intent_id and view.hold_status not in (
-        None, "requires_payment_method") else 0
+    authorised = (
+        view.hold_amount
+        if view.hold_intent_id and view.hold_status not in (None, "requires_payment_method")
+        else 0
+    )
     return {
         "status": view.state.value,
         "outcome": view.outcome,
@@ -144,21 +149,31 @@ async def session_json(ctx: ApiContext, row: ChargingSession) -> dict[str, Any]:
     cost = row.cost
     energy = row.energy_wh
     if row.status == "charging" and row.transaction_pk is not None:
-        running: Cost = await ctx.db.read(lambda s: ctx.sessions._cost(s, row, None))
+        running: Cost = await ctx.sessions.running_cost(row)
         cost = cost_json(running)
         energy = cost["energy_wh"]
     return {
-        "id": row.id, "status": row.status, "origin": row.origin,
-        "charge_point_id": row.charge_point_id, "connector_id": row.connector_id,
-        "tariff_id": row.tariff_id, "created_at": row.created_at,
-        "started_at": row.started_at, "stopped_at": row.stopped_at, "energy_wh": energy,
-        "cost": cost, "hold_amount": row.hold_amount, "currency": row.currency,
+        "id": row.id,
+        "status": row.status,
+        "origin": row.origin,
+        "charge_point_id": row.charge_point_id,
+        "connector_id": row.connector_id,
+        "tariff_id": row.tariff_id,
+        "created_at": row.created_at,
+        "started_at": row.started_at,
+        "stopped_at": row.stopped_at,
+        "energy_wh": energy,
+        "cost": cost,
+        "hold_amount": row.hold_amount,
+        "currency": row.currency,
         "payment": payment_json(await ctx.billing.get_payment(row.id)),
-        "failure_reason": row.failure_reason, "stop_reason": row.stop_reason,
+        "failure_reason": row.failure_reason,
+        "stop_reason": row.stop_reason,
     }
 
 
 # -- drivers ----------------------------------------------------------------------------------
+
 
 @routes.post("/api/v1/drivers")
 async def signup(request: web.Request) -> web.Response:
@@ -172,8 +187,10 @@ async def signup(request: web.Request) -> web.Response:
         s.add(ApiToken(token_hash=hash_token(token), role="driver", subject=driver.id))
 
     await ctx.db.write(unit)
-    return json_response({"id": driver.id, "email": driver.email, "token": token,
-                          "stripe_customer_id": customer_id}, 201)
+    return json_response(
+        {"id": driver.id, "email": driver.email, "token": token, "stripe_customer_id": customer_id},
+        201,
+    )
 
 
 @routes.get("/api/v1/drivers/me")
@@ -183,19 +200,26 @@ async def me(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
 
     async def fn(s: AsyncSession) -> tuple[Driver | None, list[str]]:
-        tags = (await s.execute(select(col(DriverTag.id_tag)).where(
-            col(DriverTag.driver_id) == driver_id))).scalars()
+        tags = (
+            await s.execute(
+                select(col(DriverTag.id_tag)).where(col(DriverTag.driver_id) == driver_id)
+            )
+        ).scalars()
         return await s.get(Driver, driver_id), list(tags)
 
     driver, tags = await ctx.db.read(fn)
     if driver is None:
         raise NotFound("driver not found")
     customer = await ctx.billing.get_customer(driver_id)
-    return json_response({
-        "id": driver.id, "email": driver.email, "id_tags": tags,
-        "stripe_customer_id": customer.stripe_customer_id if customer else None,
-        "default_payment_method": customer.default_payment_method if customer else None,
-    })
+    return json_response(
+        {
+            "id": driver.id,
+            "email": driver.email,
+            "id_tags": tags,
+            "stripe_customer_id": customer.stripe_customer_id if customer else None,
+            "default_payment_method": customer.default_payment_method if customer else None,
+        }
+    )
 
 
 @routes.post("/api/v1/drivers/me/setup-intents")
@@ -206,9 +230,14 @@ async def setup_intent(request: web.Request) -> web.Response:
         info = await ctx_of(request).billing.create_setup_intent(driver_id)
     except StripeError as exc:
         raise Unavailable(f"payment provider: {exc}") from None
-    return json_response({"client_secret": info.client_secret,
-                          "setup_intent_id": info.setup_intent_id,
-                          "customer_id": info.customer_id}, 201)
+    return json_response(
+        {
+            "client_secret": info.client_secret,
+            "setup_intent_id": info.setup_intent_id,
+            "customer_id": info.customer_id,
+        },
+        201,
+    )
 
 
 @routes.post("/api/v1/drivers/me/payment-methods")
@@ -219,14 +248,22 @@ async def attach_card(request: web.Request) -> web.Response:
     try:
         card = await ctx_of(request).billing.attach_card(driver_id, body.payment_method_id)
     except StripeError as exc:
-        if getattr(exc, "http_status", None) and 400 <= exc.http_status < 500:  # type: ignore[attr-defined]
+        status = getattr(exc, "http_status", None)
+        if isinstance(status, int) and 400 <= status < 500:
             raise InvalidRequest(f"card refused: {exc}", field="payment_method_id") from None
         raise Unavailable(f"payment provider: {exc}") from None
     except BillingError as exc:
         raise InvalidRequest(str(exc), field="payment_method_id") from None
-    return json_response({"payment_method_id": card.payment_method_id, "brand": card.brand,
-                          "last4": card.last4, "exp_month": card.exp_month,
-                          "exp_year": card.exp_year}, 201)
+    return json_response(
+        {
+            "payment_method_id": card.payment_method_id,
+            "brand": card.brand,
+            "last4": card.last4,
+            "exp_month": card.exp_month,
+            "exp_year": card.exp_year,
+        },
+        201,
+    )
 
 
 @routes.post("/api/v1/drivers/me/id-tags")
@@ -249,6 +286,7 @@ async def my_sessions(request: web.Request) -> web.Response:
 
 # -- sessions ---------------------------------------------------------------------------------
 
+
 @routes.post("/api/v1/sessions")
 async def start_session(request: web.Request) -> web.Response:
     """Start a paid session: hold, then RemoteStartTransaction. 402 when the card is declined
@@ -257,8 +295,9 @@ async def start_session(request: web.Request) -> web.Response:
     body: SessionIn = await read_body(request, SessionIn)
     ctx = ctx_of(request)
     try:
-        row = await ctx.sessions.start_app_session(driver_id, body.charge_point_id,
-                                                   body.connector_id)
+        row = await ctx.sessions.start_app_session(
+            driver_id, body.charge_point_id, body.connector_id
+        )
     except NoPaymentMethod:
         raise Conflict("add a card first", field="payment_method") from None
     return json_response(await session_json(ctx, row), 201)
@@ -309,16 +348,24 @@ async def receipt_json(ctx: ApiContext, row: ChargingSession) -> dict[str, Any]:
     assert row.id is not None
     view = await ctx.billing.get_payment(row.id)
     cost = row.cost or {}
-    duration = (row.stopped_at - row.started_at).total_seconds() \
-        if row.stopped_at and row.started_at else None
+    duration = (
+        (row.stopped_at - row.started_at).total_seconds()
+        if row.stopped_at and row.started_at
+        else None
+    )
     waived = view is not None and view.outcome in ("zero_cost", "waived_below_minimum")
     return {
-        "session_id": row.id, "status": row.status,
-        "charge_point_id": row.charge_point_id, "connector_id": row.connector_id,
+        "session_id": row.id,
+        "status": row.status,
+        "charge_point_id": row.charge_point_id,
+        "connector_id": row.connector_id,
         "tariff": {"id": row.tariff_id, **row.tariff},
-        "started_at": row.started_at, "stopped_at": row.stopped_at,
-        "duration_seconds": duration, "energy_wh": row.energy_wh,
-        "currency": row.currency, "lines": cost.get("lines", []),
+        "started_at": row.started_at,
+        "stopped_at": row.stopped_at,
+        "duration_seconds": duration,
+        "energy_wh": row.energy_wh,
+        "currency": row.currency,
+        "lines": cost.get("lines", []),
         "total": cost.get("amount"),
         "waived": waived,
         "outcome": view.outcome if view else None,
@@ -358,7 +405,9 @@ async def receipt(request: web.Request) -> web.Response:
     lines = "".join(
         f"<tr><td>{html.escape(str(li['type']))}</td><td>{html.escape(str(li['quantity']))} "
         f"{html.escape(str(li['unit']))}</td><td>{html.escape(str(li['unit_price']))}</td>"
-        f"<td>{_money(li['amount'], cur)}</td></tr>" for li in data["lines"])
+        f"<td>{_money(li['amount'], cur)}</td></tr>"
+        for li in data["lines"]
+    )
 
     def when(value: datetime | None) -> str:
         return value.strftime("%Y-%m-%d %H:%M UTC") if value else "-"
@@ -370,15 +419,17 @@ table{{border-collapse:collapse}}tr{{border-bottom:1px solid #ccc}}</style></hea
 <p>Charger {html.escape(row.charge_point_id)}, connector {row.connector_id}<br>
 {when(row.started_at)} &ndash; {when(row.stopped_at)}<br>Energy: {row.energy_wh or 0} Wh</p>
 <table><tr><th>Item</th><th>Quantity</th><th>Unit price</th><th>Amount</th></tr>{lines}</table>
-<p><b>Total: {_money(data['total'], cur)}</b>{' (waived: below the minimum charge)'
- if data['waived'] else ''}<br>Charged to your card:
- {_money(data['charged']['collected_amount'], cur)}</p>
-<p><small>Payment {html.escape(str(data['stripe']['payment_intent_id']))}</small></p>
+<p><b>Total: {_money(data["total"], cur)}</b>{
+        " (waived: below the minimum charge)" if data["waived"] else ""
+    }<br>Charged to your card:
+ {_money(data["charged"]["collected_amount"], cur)}</p>
+<p><small>Payment {html.escape(str(data["stripe"]["payment_intent_id"]))}</small></p>
 </body></html>"""
     return web.Response(text=page, content_type="text/html")
 
 
 # -- tariffs ----------------------------------------------------------------------------------
+
 
 @routes.put("/api/v1/tariffs/{id}")
 async def put_tariff(request: web.Request) -> web.Response:
@@ -399,7 +450,8 @@ async def put_tariff(request: web.Request) -> web.Response:
 async def list_tariffs(request: web.Request) -> web.Response:
     """All tariffs."""
     rows = await ctx_of(request).db.read(
-        lambda s: s.execute(select(TariffRow).order_by(col(TariffRow.id))))
+        lambda s: s.execute(select(TariffRow).order_by(col(TariffRow.id)))
+    )
     return json_response({"items": [{"id": r.id, **r.document} for r in rows.scalars()]})
 
 
@@ -410,4 +462,3 @@ async def get_tariff(request: web.Request) -> web.Response:
     if row is None:
         raise NotFound("no such tariff", field="id")
     return json_response({"id": row.id, **row.document})
-

@@ -14,13 +14,15 @@ from api.stripe_webhook import STRIPE_WEBHOOK_PATH, make_stripe_webhook_handler
 
 def build_app(ctx: ApiContext) -> web.Application:
     """The whole HTTP API of one server."""
-    app = web.Application(middlewares=[errors_middleware, auth_middleware],
-                          client_max_size=1024 * 1024)
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware], client_max_size=1024 * 1024
+    )
     app[CTX] = ctx
     app.add_routes(operator_api.routes)
     app.add_routes(drivers.routes)
-    app.router.add_post(STRIPE_WEBHOOK_PATH,
-                        make_stripe_webhook_handler(ctx.billing.webhook_processor()))
+    app.router.add_post(
+        STRIPE_WEBHOOK_PATH, make_stripe_webhook_handler(ctx.billing.webhook_processor())
+    )
 
     async def openapi(_request: web.Request) -> web.Response:
         return json_response(openapi_document())

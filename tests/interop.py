@@ -86,19 +86,28 @@ class NodeCharger:
         assert found is not None, f"no {name} {match}; events: {self.events}"
         return found
 
-    async def send(self, action: str, params: dict[str, Any], timeout: float = 30
-                   ) -> dict[str, Any]:
+    async def send(
+        self, action: str, params: dict[str, Any], timeout: float = 30
+    ) -> dict[str, Any]:
         """Make the charger send a call (a JSON line on its stdin); return its CALLRESULT
         payload (the test fails on a CALLERROR)."""
         assert self.proc.stdin is not None
-        before = len([e for e in self.events if e.get("action") == action
-                      and e.get("event") in ("call-result", "call-error")])
+        before = len(
+            [
+                e
+                for e in self.events
+                if e.get("action") == action and e.get("event") in ("call-result", "call-error")
+            ]
+        )
         self.proc.stdin.write(json.dumps({"action": action, "params": params}).encode() + b"\n")
         await self.proc.stdin.drain()
 
         def answered() -> list[dict[str, Any]]:
-            return [e for e in self.events if e.get("action") == action
-                    and e.get("event") in ("call-result", "call-error")]
+            return [
+                e
+                for e in self.events
+                if e.get("action") == action and e.get("event") in ("call-result", "call-error")
+            ]
 
         async with asyncio.timeout(timeout):
             async with self._changed:

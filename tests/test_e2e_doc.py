@@ -28,15 +28,22 @@ def e2e_block() -> str:
     return found[0]
 
 
-@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "csms").exists(),
-                    reason="needs the README's .venv")
+@pytest.mark.skipif(
+    not (ROOT / ".venv" / "bin" / "csms").exists(), reason="needs the README's .venv"
+)
 def test_e2e_md_commands_end_in_a_paid_session(tmp_path: Path) -> None:
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     (tmp_path / "var").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CSMS_", "STRIPE_"))}
     env.update(CSMS_API_PORT=str(free_port()), CSMS_OCPP_PORT=str(free_port()))
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", e2e_block()], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", e2e_block()],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     logs = "".join(p.read_text() for p in (tmp_path / "var").glob("*.log"))
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs
     receipt = json.loads(proc.stdout.strip().splitlines()[-1])
