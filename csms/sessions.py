@@ -85,8 +85,9 @@ def default_tariff_document(currency: str, energy_price: str, hold_amount: int) 
     return {
         "currency": currency,
         "hold_amount": hold_amount,
-        "elements": [{"price_components": [
-            {"type": "ENERGY", "price": energy_price, "step_size": 1}]}],
+        "elements": [
+            {"price_components": [{"type": "ENERGY", "price": energy_price, "step_size": 1}]}
+        ],
     }
 
 
@@ -112,8 +113,9 @@ def _new_remote_tag() -> str:
 class SessionService:
     """Drivers, tariffs and paid sessions; implements :class:`csms.service.SessionHooks`."""
 
-    def __init__(self, db: Database, billing: Billing, commands: CommandService,
-                 config: SessionsConfig) -> None:
+    def __init__(
+        self, db: Database, billing: Billing, commands: CommandService, config: SessionsConfig
+    ) -> None:
         self.db = db
         self.billing = billing
         self.commands = commands
@@ -171,11 +173,25 @@ class SessionService:
         cutoff = utcnow() - timedelta(seconds=self.config.start_timeout_s)
 
         async def due(s: AsyncSession) -> tuple[list[int], list[int]]:
-            settling = list((await s.execute(select(col(ChargingSession.id)).where(
-                col(ChargingSession.status) == "settling"))).scalars())
-            stale = list((await s.execute(select(col(ChargingSession.id)).where(
-                col(ChargingSession.status).in_(WAITING),
-                col(ChargingSession.created_at) < cutoff))).scalars())
+            settling = list(
+                (
+                    await s.execute(
+                        select(col(ChargingSession.id)).where(
+                            col(ChargingSession.status) == "settling"
+                        )
+                    )
+                ).scalars()
+            )
+            stale = list(
+                (
+                    await s.execute(
+                        select(col(ChargingSession.id)).where(
+                            col(ChargingSession.status).in_(WAITING),
+                            col(ChargingSession.created_at) < cutoff,
+                        )
+                    )
+                ).scalars()
+            )
             return [i for i in settling if i is not None], [i for i in stale if i is not None]
 
         settling, stale = await self.db.read(due)
@@ -287,8 +303,9 @@ class SessionService:
 
     # -- app sessions -----------------------------------------------------------------------
 
-    async def start_app_session(self, driver_id: str, cp_id: str, connector_id: int
-                                ) -> ChargingSession:
+    async def start_app_session(
+        self, driver_id: str, cp_id: str, connector_id: int
+    ) -> ChargingSession:
         """Hold, then RemoteStartTransaction (OCPP 1.6 §5.11 / 2.0.1 F01).
 
         Returns the session: ``starting`` when the charger accepted, ``failed`` (hold
@@ -307,19 +324,30 @@ class SessionService:
             raise NotConnected(f"charge point {cp_id!r} is not connected")
 
         async def create(s: AsyncSession) -> ChargingSession:
-            busy = await s.scalar(select(col(ChargingSession.id)).where(
-                col(ChargingSession.charge_point_id) == cp_id,
-                col(ChargingSession.connector_id) == connector_id,
-                col(ChargingSession.status).in_(OPEN)).limit(1))
+            busy = await s.scalar(
+                select(col(ChargingSession.id))
+                .where(
+                    col(ChargingSession.charge_point_id) == cp_id,
+                    col(ChargingSession.connector_id) == connector_id,
+                    col(ChargingSession.status).in_(OPEN),
+                )
+                .limit(1)
+            )
             if busy is not None:
-                raise Conflict("this connector already has an open session",
-                               field="connector_id")
+                raise Conflict("this connector already has an open session", field="connector_id")
             tariff = await self.tariff_for(s, cp_id)
             doc = tariff.document
             row = ChargingSession(
-                driver_id=driver_id, charge_point_id=cp_id, connector_id=connector_id,
-                origin="app", id_tag=_new_remote_tag(), tariff_id=tariff.id, tariff=doc,
-                currency=str(doc["currency"]), hold_amount=int(doc["hold_amount"]))
+                driver_id=driver_id,
+                charge_point_id=cp_id,
+                connector_id=connector_id,
+                origin="app",
+                id_tag=_new_remote_tag(),
+                tariff_id=tariff.id,
+                tariff=doc,
+                currency=str(doc["currency"]),
+                hold_amount=int(doc["hold_amount"]),
+            )
             s.add(row)
             await s.flush()
             return row
@@ -341,8 +369,9 @@ class SessionService:
         """Place the session's hold; on refusal mark it failed and raise."""
         assert session.id is not None
         try:
-            result = await self.billing.place_hold(session.id, session.driver_id,
-                                                   session.hold_amount, session.currency)
+            result = await self.billing.place_hold(
+                session.id, session.driver_id, session.hold_amount, session.currency
+            )
         except NoPaymentMethod:
             await self._set(session.id, status="failed", failure_reason="no card on file")
             raise PaymentRequired("add a card before charging", field="payment_method") from None
@@ -352,12 +381,16 @@ class SessionService:
             await self._fail(session.id, "payment provider unavailable")
             raise Unavailable("payment provider unavailable, try again")
         reason = result.message or result.decline_code or result.outcome.value
-        await self._set(session.id, status="failed", failure_reason=f"hold {result.outcome}: "
-                        f"{reason}")
+        await self._set(
+            session.id, status="failed", failure_reason=f"hold {result.outcome}: {reason}"
+        )
         if result.outcome is HoldOutcome.REQUIRES_ACTION:
             await self.billing.cancel(session.id)
-        raise PaymentRequired(f"the card was not authorised: {reason}",
-                              decline_code=result.decline_code, stripe_code=result.code)
+        raise PaymentRequired(
+            f"the card was not authorised: {reason}",
+            decline_code=result.decline_code,
+            stripe_code=result.code,
+        )
 
     async def request_stop(self, session_id: int, driver_id: str | None) -> ChargingSession:
         """Ask the charger to stop (RemoteStopTransaction); the StopTransaction settles.
@@ -395,10 +428,21 @@ class SessionService:
             link = await s.get(DriverTag, tag)
             if link is None:
                 return None, None
-            pending = (await s.execute(select(ChargingSession).where(
-                col(ChargingSession.id_tag) == tag,
-                col(ChargingSession.charge_point_id) == cp_id,
-                col(ChargingSession.status) == "authorized").limit(1))).scalars().first()
+            pending = (
+                (
+                    await s.execute(
+                        select(ChargingSession)
+                        .where(
+                            col(ChargingSession.id_tag) == tag,
+                            col(ChargingSession.charge_point_id) == cp_id,
+                            col(ChargingSession.status) == "authorized",
+                        )
+                        .limit(1)
+                    )
+                )
+                .scalars()
+                .first()
+            )
             return link, pending
 
         link, pending = await self.db.read(find)
@@ -411,9 +455,15 @@ class SessionService:
             tariff = await self.tariff_for(s, cp_id)
             doc = tariff.document
             row = ChargingSession(
-                driver_id=link.driver_id, charge_point_id=cp_id, origin="rfid", id_tag=tag,
-                tariff_id=tariff.id, tariff=doc, currency=str(doc["currency"]),
-                hold_amount=int(doc["hold_amount"]))
+                driver_id=link.driver_id,
+                charge_point_id=cp_id,
+                origin="rfid",
+                id_tag=tag,
+                tariff_id=tariff.id,
+                tariff=doc,
+                currency=str(doc["currency"]),
+                hold_amount=int(doc["hold_amount"]),
+            )
             s.add(row)
             await s.flush()
             return row
@@ -434,11 +484,22 @@ class SessionService:
         """In the StartTransaction's unit of work: link the transaction to its session."""
         if tx.id_tag is None:
             return auth
-        session = (await s.execute(select(ChargingSession).where(
-            col(ChargingSession.id_tag) == tx.id_tag,
-            col(ChargingSession.charge_point_id) == tx.charge_point_id,
-            col(ChargingSession.status).in_(("starting", "authorized")),
-        ).order_by(col(ChargingSession.id).desc()).limit(1))).scalars().first()
+        session = (
+            (
+                await s.execute(
+                    select(ChargingSession)
+                    .where(
+                        col(ChargingSession.id_tag) == tx.id_tag,
+                        col(ChargingSession.charge_point_id) == tx.charge_point_id,
+                        col(ChargingSession.status).in_(("starting", "authorized")),
+                    )
+                    .order_by(col(ChargingSession.id).desc())
+                    .limit(1)
+                )
+            )
+            .scalars()
+            .first()
+        )
         if session is None:
             link = await s.get(DriverTag, tx.id_tag)
             if link is None:
@@ -447,10 +508,16 @@ class SessionService:
             tariff = await self.tariff_for(s, tx.charge_point_id)
             doc = tariff.document
             session = ChargingSession(
-                driver_id=link.driver_id, charge_point_id=tx.charge_point_id, origin="offline",
-                id_tag=tx.id_tag, tariff_id=tariff.id, tariff=doc,
-                currency=str(doc["currency"]), hold_amount=int(doc["hold_amount"]),
-                status="authorizing")
+                driver_id=link.driver_id,
+                charge_point_id=tx.charge_point_id,
+                origin="offline",
+                id_tag=tx.id_tag,
+                tariff_id=tariff.id,
+                tariff=doc,
+                currency=str(doc["currency"]),
+                hold_amount=int(doc["hold_amount"]),
+                status="authorizing",
+            )
             s.add(session)
             await s.flush()
         session.transaction_pk = tx.id
@@ -475,25 +542,42 @@ class SessionService:
         try:
             await self._hold_or_raise(session)
         except (PaymentRequired, Unavailable) as exc:
-            log.warning("session %s: offline start without a hold (%s): stopping", session.id,
-                        exc.message)
-            await self._set(session.id, status="charging",
-                            failure_reason=f"no hold: {exc.message}",
-                            stop_requested_at=utcnow(), stop_reason="hold_failed")
+            log.warning(
+                "session %s: offline start without a hold (%s): stopping", session.id, exc.message
+            )
+            await self._set(
+                session.id,
+                status="charging",
+                failure_reason=f"no hold: {exc.message}",
+                stop_requested_at=utcnow(),
+                stop_reason="hold_failed",
+            )
             await self._remote_stop(await self.get(session.id))
             return
         await self._set(session.id, status="charging")
 
-    async def on_status(self, s: AsyncSession, cp_id: str, connector_id: int, status: str | None,
-                        at: datetime) -> None:
+    async def on_status(
+        self, s: AsyncSession, cp_id: str, connector_id: int, status: str | None, at: datetime
+    ) -> None:
         """In the StatusNotification's unit: remember statuses of a running session (for
         TIME / PARKING_TIME)."""
         if status is None or connector_id == 0:
             return
-        session = (await s.execute(select(ChargingSession).where(
-            col(ChargingSession.charge_point_id) == cp_id,
-            col(ChargingSession.connector_id) == connector_id,
-            col(ChargingSession.status) == "charging").limit(1))).scalars().first()
+        session = (
+            (
+                await s.execute(
+                    select(ChargingSession)
+                    .where(
+                        col(ChargingSession.charge_point_id) == cp_id,
+                        col(ChargingSession.connector_id) == connector_id,
+                        col(ChargingSession.status) == "charging",
+                    )
+                    .limit(1)
+                )
+            )
+            .scalars()
+            .first()
+        )
         if session is not None:
             session.status_log = [*session.status_log, [at.isoformat(), status]]
 
@@ -502,11 +586,15 @@ class SessionService:
         session = await self.get(session_id)
         if session.status != "charging" or session.stop_requested_at is not None:
             return
-        cost = await self.db.read(lambda s: self._cost(s, session, None))
+        cost = await self.running_cost(session)
         if cost.total < session.hold_amount or self.config.hold_reached_policy == "continue":
             return
-        log.info("session %s: running cost %s reached the hold %s: stopping", session_id,
-                 cost.total, session.hold_amount)
+        log.info(
+            "session %s: running cost %s reached the hold %s: stopping",
+            session_id,
+            cost.total,
+            session.hold_amount,
+        )
         await self._set(session_id, stop_requested_at=utcnow(), stop_reason="hold_reached")
         self._spawn(lambda: self._remote_stop(session), f"hold-stop-{session_id}")
 
@@ -532,8 +620,13 @@ class SessionService:
 
     # -- money ------------------------------------------------------------------------------
 
-    async def _cost(self, s: AsyncSession, session: ChargingSession, tx: Transaction | None
-                    ) -> Cost:
+    async def running_cost(self, session: ChargingSession) -> Cost:
+        """The cost of a charging session so far (from the samples stored up to now)."""
+        return await self.db.read(lambda s: self._cost(s, session, None))
+
+    async def _cost(
+        self, s: AsyncSession, session: ChargingSession, tx: Transaction | None
+    ) -> Cost:
         """The cost so far (``tx`` None: from the samples up to now) or final."""
         tariff = parse_tariff(session.tariff)
         assert session.transaction_pk is not None
@@ -547,12 +640,19 @@ class SessionService:
         final = t.energy_wh if tx is not None else None
         readings = await self._readings(s, t, state, start, stop, final)
         periods = _periods(session.status_log, start, stop)
-        return compute_cost(tariff, SessionUsage(start=start, stop=stop, readings=readings,
-                                                 periods=periods))
+        return compute_cost(
+            tariff, SessionUsage(start=start, stop=stop, readings=readings, periods=periods)
+        )
 
-    async def _readings(self, s: AsyncSession, tx: Transaction, state: EnergyState,
-                        start: datetime, stop: datetime, final: int | None
-                        ) -> list[EnergyReading]:
+    async def _readings(
+        self,
+        s: AsyncSession,
+        tx: Transaction,
+        state: EnergyState,
+        start: datetime,
+        stop: datetime,
+        final: int | None,
+    ) -> list[EnergyReading]:
         """Cumulative Wh since the start at trusted sample times, non-decreasing, ending with
         the settled energy at the stop."""
         from csms.metering import energy_so_far
@@ -561,13 +661,19 @@ class SessionService:
         base = state.baseline_wh
         if base is None:
             base = Decimal(tx.meter_start or 0) if not state.session_relative else Decimal(0)
-        rows = (await s.execute(select(MeterSample.timestamp, MeterSample.value).where(
-            col(MeterSample.transaction_pk) == tx.id,
-            col(MeterSample.measurand) == ENERGY_REGISTER,
-            col(MeterSample.phase).is_(None),
-            col(MeterSample.timestamp_trusted).is_(True),
-            col(MeterSample.context) != "Transaction.Begin",
-        ).order_by(col(MeterSample.timestamp)))).all()
+        rows = (
+            await s.execute(
+                select(col(MeterSample.timestamp), col(MeterSample.value))
+                .where(
+                    col(MeterSample.transaction_pk) == tx.id,
+                    col(MeterSample.measurand) == ENERGY_REGISTER,
+                    col(MeterSample.phase).is_(None),
+                    col(MeterSample.timestamp_trusted).is_(True),
+                    col(MeterSample.context) != "Transaction.Begin",
+                )
+                .order_by(col(MeterSample.timestamp))
+            )
+        ).all()
         readings: list[EnergyReading] = [EnergyReading(start, 0)]
         last = 0
         for at, value in rows:
@@ -660,9 +766,14 @@ def cost_json(cost: Cost) -> dict[str, Any]:
         "charging_seconds": int(cost.charging_seconds),
         "parking_seconds": int(cost.parking_seconds),
         "lines": [
-            {"type": line.type, "quantity": str(line.quantity), "unit": line.unit,
-             "unit_price": str(line.unit_price), "vat": None if line.vat is None else str(line.vat),
-             "amount": line.amount}
+            {
+                "type": line.type,
+                "quantity": str(line.quantity),
+                "unit": line.unit,
+                "unit_price": str(line.unit_price),
+                "vat": None if line.vat is None else str(line.vat),
+                "amount": line.amount,
+            }
             for line in cost.lines
         ],
     }
@@ -684,8 +795,13 @@ def _periods(status_log: list[Any], start: datetime, stop: datetime) -> list[Per
     current_state: PeriodState | None = PeriodState.CHARGING
     current_from = start
     for at, status in points:
-        new_state = (PeriodState.CHARGING if status in CHARGING_STATUSES else
-                     PeriodState.PARKING if status in PARKING_STATUSES else None)
+        new_state = (
+            PeriodState.CHARGING
+            if status in CHARGING_STATUSES
+            else PeriodState.PARKING
+            if status in PARKING_STATUSES
+            else None
+        )
         if current_state is not None and at > current_from:
             periods.append(Period(current_from, at, current_state))
         current_state, current_from = new_state, at
