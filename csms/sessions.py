@@ -301,6 +301,41 @@ class SessionService:
             raise Conflict("no tariff applies to this charge point", field="charge_point_id")
         return row
 
+    async def _new_session(
+        self,
+        s: AsyncSession,
+        driver_id: str,
+        cp_id: str,
+        origin: str,
+        id_tag: str,
+        connector_id: int | None = None,
+    ) -> ChargingSession:
+        """A new session (status authorizing) with a snapshot of the charge point's tariff."""
+        tariff = await self.tariff_for(s, cp_id)
+        doc = tariff.document
+        row = ChargingSession(
+            driver_id=driver_id,
+            charge_point_id=cp_id,
+            connector_id=connector_id,
+            origin=origin,
+            id_tag=id_tag,
+            tariff_id=tariff.id,
+            tariff=doc,
+            currency=str(doc["currency"]),
+            hold_amount=int(doc["hold_amount"]),
+        )
+        s.add(row)
+        await s.flush()
+        return row
+
+    @staticmethod
+    async def _first(s: AsyncSession, *where: Any, newest: bool = False) -> ChargingSession | None:
+        """The first session matching ``where`` (the newest with ``newest``)."""
+        q = select(ChargingSession).where(*where)
+        if newest:
+            q = q.order_by(col(ChargingSession.id).desc())
+        return (await s.execute(q.limit(1))).scalars().first()
+
     # -- app sessions -----------------------------------------------------------------------
 
     async def start_app_session(
@@ -335,22 +370,9 @@ class SessionService:
             )
             if busy is not None:
                 raise Conflict("this connector already has an open session", field="connector_id")
-            tariff = await self.tariff_for(s, cp_id)
-            doc = tariff.document
-            row = ChargingSession(
-                driver_id=driver_id,
-                charge_point_id=cp_id,
-                connector_id=connector_id,
-                origin="app",
-                id_tag=_new_remote_tag(),
-                tariff_id=tariff.id,
-                tariff=doc,
-                currency=str(doc["currency"]),
-                hold_amount=int(doc["hold_amount"]),
+            return await self._new_session(
+                s, driver_id, cp_id, "app", _new_remote_tag(), connector_id
             )
-            s.add(row)
-            await s.flush()
-            return row
 
         session = await self.db.write(create)
         assert session.id is not None
@@ -428,20 +450,11 @@ class SessionService:
             link = await s.get(DriverTag, tag)
             if link is None:
                 return None, None
-            pending = (
-                (
-                    await s.execute(
-                        select(ChargingSession)
-                        .where(
-                            col(ChargingSession.id_tag) == tag,
-                            col(ChargingSession.charge_point_id) == cp_id,
-                            col(ChargingSession.status) == "authorized",
-                        )
-                        .limit(1)
-                    )
-                )
-                .scalars()
-                .first()
+            pending = await self._first(
+                s,
+                col(ChargingSession.id_tag) == tag,
+                col(ChargingSession.charge_point_id) == cp_id,
+                col(ChargingSession.status) == "authorized",
             )
             return link, pending
 
@@ -452,21 +465,7 @@ class SessionService:
             return AuthResult("Accepted")
 
         async def create(s: AsyncSession) -> ChargingSession:
-            tariff = await self.tariff_for(s, cp_id)
-            doc = tariff.document
-            row = ChargingSession(
-                driver_id=link.driver_id,
-                charge_point_id=cp_id,
-                origin="rfid",
-                id_tag=tag,
-                tariff_id=tariff.id,
-                tariff=doc,
-                currency=str(doc["currency"]),
-                hold_amount=int(doc["hold_amount"]),
-            )
-            s.add(row)
-            await s.flush()
-            return row
+            return await self._new_session(s, link.driver_id, cp_id, "rfid", tag)
 
         try:
             session = await self.db.write(create)
@@ -484,42 +483,21 @@ class SessionService:
         """In the StartTransaction's unit of work: link the transaction to its session."""
         if tx.id_tag is None:
             return auth
-        session = (
-            (
-                await s.execute(
-                    select(ChargingSession)
-                    .where(
-                        col(ChargingSession.id_tag) == tx.id_tag,
-                        col(ChargingSession.charge_point_id) == tx.charge_point_id,
-                        col(ChargingSession.status).in_(("starting", "authorized")),
-                    )
-                    .order_by(col(ChargingSession.id).desc())
-                    .limit(1)
-                )
-            )
-            .scalars()
-            .first()
+        session = await self._first(
+            s,
+            col(ChargingSession.id_tag) == tx.id_tag,
+            col(ChargingSession.charge_point_id) == tx.charge_point_id,
+            col(ChargingSession.status).in_(("starting", "authorized")),
+            newest=True,
         )
         if session is None:
             link = await s.get(DriverTag, tx.id_tag)
             if link is None:
                 return auth
             # offline start (cached tag): the charger already charges; hold afterwards
-            tariff = await self.tariff_for(s, tx.charge_point_id)
-            doc = tariff.document
-            session = ChargingSession(
-                driver_id=link.driver_id,
-                charge_point_id=tx.charge_point_id,
-                origin="offline",
-                id_tag=tx.id_tag,
-                tariff_id=tariff.id,
-                tariff=doc,
-                currency=str(doc["currency"]),
-                hold_amount=int(doc["hold_amount"]),
-                status="authorizing",
+            session = await self._new_session(
+                s, link.driver_id, tx.charge_point_id, "offline", tx.id_tag
             )
-            s.add(session)
-            await s.flush()
         session.transaction_pk = tx.id
         session.connector_id = tx.connector_id
         session.started_at = tx.started_at
@@ -563,20 +541,11 @@ class SessionService:
         TIME / PARKING_TIME)."""
         if status is None or connector_id == 0:
             return
-        session = (
-            (
-                await s.execute(
-                    select(ChargingSession)
-                    .where(
-                        col(ChargingSession.charge_point_id) == cp_id,
-                        col(ChargingSession.connector_id) == connector_id,
-                        col(ChargingSession.status) == "charging",
-                    )
-                    .limit(1)
-                )
-            )
-            .scalars()
-            .first()
+        session = await self._first(
+            s,
+            col(ChargingSession.charge_point_id) == cp_id,
+            col(ChargingSession.connector_id) == connector_id,
+            col(ChargingSession.status) == "charging",
         )
         if session is not None:
             session.status_log = [*session.status_log, [at.isoformat(), status]]

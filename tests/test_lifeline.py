@@ -265,8 +265,25 @@ async def test_rfid_flow_with_ocpp_rpc_strict(server: Server, emulator: StripeEm
     assert charger.of("strict-failure") == [] and charger.of("bad-message") == []
 
 
-async def connect(server: Server, cp_id: str) -> RawCharger:
+SMALL_HOLD = {
+    "currency": "JPY",
+    "hold_amount": 100,
+    "elements": [{"price_components": [{"type": "ENERGY", "price": 40, "step_size": 1}]}],
+}
+
+
+async def connect(server: Server, cp_id: str, tariff: dict[str, Any] | None = None) -> RawCharger:
+    """Register and boot a charger that accepts remote starts and stops; with ``tariff``, it
+    gets its own tariff (id = the charge point id)."""
     await server.register(cp_id)
+    if tariff is not None:
+        await server.api("PUT", f"/api/v1/tariffs/{cp_id}", tariff, expect=201)
+        await server.api(
+            "PUT",
+            f"/api/v1/charge-points/{cp_id}",
+            {"tariff_id": cp_id, "security_profile": 1},
+            expect=200,
+        )
     cp = await RawCharger.open(f"{server.ocpp_url}/{cp_id}", headers=basic_auth(cp_id, CP_PASSWORD))
     cp.answers["RemoteStartTransaction"] = lambda _p: {"status": "Accepted"}
     cp.answers["RemoteStopTransaction"] = lambda _p: {"status": "Accepted"}
@@ -370,26 +387,7 @@ async def test_tiny_session_cancels_the_hold_and_receipt_says_waived(
 
 
 async def test_running_cost_reaching_the_hold_stops_the_session(server: Server) -> None:
-    await server.api(
-        "PUT",
-        "/api/v1/tariffs/small",
-        {
-            "currency": "JPY",
-            "hold_amount": 100,
-            "elements": [{"price_components": [{"type": "ENERGY", "price": 40, "step_size": 1}]}],
-        },
-        expect=201,
-    )
-    await server.register("LOT6")
-    await server.api(
-        "PUT",
-        "/api/v1/charge-points/LOT6",
-        {"tariff_id": "small", "security_profile": 1},
-        expect=200,
-    )
-    cp = await RawCharger.open(f"{server.ocpp_url}/LOT6", headers=basic_auth("LOT6", CP_PASSWORD))
-    cp.answers["RemoteStartTransaction"] = lambda _p: {"status": "Accepted"}
-    cp.answers["RemoteStopTransaction"] = lambda _p: {"status": "Accepted"}
+    cp = await connect(server, "LOT6", tariff=SMALL_HOLD)
     driver = await new_driver(server, "cap@example.com")
     sid, tx_id = await start_via_app(server, cp, driver["token"], "LOT6")
     await cp.result("MeterValues", energy_mv(tx_id, 2000, "2026-11-30T10:10:00Z"))  # ¥40
@@ -419,25 +417,7 @@ async def test_running_cost_reaching_the_hold_stops_the_session(server: Server) 
 
 async def test_topup_policy_keeps_charging_and_charges_the_rest(server_factory: Any) -> None:
     server: Server = await server_factory(topup_policy="topup")
-    await server.api(
-        "PUT",
-        "/api/v1/tariffs/small",
-        {
-            "currency": "JPY",
-            "hold_amount": 100,
-            "elements": [{"price_components": [{"type": "ENERGY", "price": 40, "step_size": 1}]}],
-        },
-        expect=201,
-    )
-    await server.register("LOT9")
-    await server.api(
-        "PUT",
-        "/api/v1/charge-points/LOT9",
-        {"tariff_id": "small", "security_profile": 1},
-        expect=200,
-    )
-    cp = await RawCharger.open(f"{server.ocpp_url}/LOT9", headers=basic_auth("LOT9", CP_PASSWORD))
-    cp.answers["RemoteStartTransaction"] = lambda _p: {"status": "Accepted"}
+    cp = await connect(server, "LOT9", tariff=SMALL_HOLD)
     driver = await new_driver(server, "topup@example.com")
     sid, tx_id = await start_via_app(server, cp, driver["token"], "LOT9")
     await cp.result("MeterValues", energy_mv(tx_id, 4000, "2026-11-30T10:20:00Z"))  # ¥120
@@ -511,10 +491,10 @@ async def test_parking_after_the_grace_period_is_priced_from_status_notification
     server: Server,
 ) -> None:
     """SuspendedEV while plugged in (the car is full) is PARKING_TIME, after the grace period."""
-    await server.api(
-        "PUT",
-        "/api/v1/tariffs/lot",
-        {
+    cp = await connect(
+        server,
+        "LOT10",
+        tariff={
             "currency": "JPY",
             "hold_amount": 3000,
             "parking_grace_period": 600,
@@ -527,17 +507,7 @@ async def test_parking_after_the_grace_period_is_priced_from_status_notification
                 }
             ],
         },
-        expect=201,
     )
-    await server.register("LOT10")
-    await server.api(
-        "PUT",
-        "/api/v1/charge-points/LOT10",
-        {"tariff_id": "lot", "security_profile": 1},
-        expect=200,
-    )
-    cp = await RawCharger.open(f"{server.ocpp_url}/LOT10", headers=basic_auth("LOT10", CP_PASSWORD))
-    cp.answers["RemoteStartTransaction"] = lambda _p: {"status": "Accepted"}
     driver = await new_driver(server, "park@example.com")
     sid, tx_id = await start_via_app(server, cp, driver["token"], "LOT10")
 

@@ -16,7 +16,7 @@ from blockbuster import blockbuster_ctx
 from sqlmodel import SQLModel
 
 from billing import models as _billing_tables  # noqa: F401  (registers the tables)
-from billing.emulator import StripeEmulator, start_emulator
+from billing.emulator import StripeEmulator
 from billing.service import Billing, RetryPolicy
 from billing.stripe_edge import StripeEdge
 from csms.db import Database
@@ -65,16 +65,6 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(datetime(2026, 3, 2, 3, 0, tzinfo=UTC))
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[StripeEmulator]:
-    emu = await start_emulator()
-    await emu.reset()
-    try:
-        yield emu
-    finally:
-        await emu.stop()
 
 
 @pytest.fixture
