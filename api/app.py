@@ -20,7 +20,7 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -42,7 +42,16 @@ from csms.errors import (
 )
 from csms.metering import EnergyState, energy_so_far
 from csms.metrics import Metrics
-from csms.models import ApiToken, ChargePoint, Connector, IdTag, TariffRow, Transaction
+from csms.models import (
+    ApiToken,
+    ChargePoint,
+    Connector,
+    DeviceVariable,
+    IdTag,
+    TariffRow,
+    Transaction,
+)
+from csms.ocpp import rpc
 from csms.ocpp.server import ConnectionRegistry, hash_password
 from csms.service import canonical_id_tag
 from csms.sessions import SessionService
@@ -126,8 +135,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(502, exc.ocpp_code, exc.description, details=exc.details)
     except PaymentRequired as exc:
         return error_response(
-            402, exc.code, exc.message, exc.field,
-            decline_code=exc.decline_code, stripe_code=exc.stripe_code,
+            402,
+            exc.code,
+            exc.message,
+            exc.field,
+            decline_code=exc.decline_code,
+            stripe_code=exc.stripe_code,
         )
     except CsmsError as exc:
         for cls, status in _STATUS:
@@ -142,6 +155,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal_error", "internal error")
 
+
+MAX_COMMAND_TIMEOUT = 300.0
+"""Longest wait (seconds) an operator may ask for on a command."""
 
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/api/v1/openapi.json", "/api/v1/stripe/webhook"})
 
@@ -220,7 +236,7 @@ class IdTagIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     status: Literal["Accepted", "Blocked", "Expired"] = "Accepted"
-    expiry_date: datetime | None = None
+    expiry_date: AwareDatetime | None = None
     parent_id_tag: str | None = Field(default=None, max_length=20)
 
 
@@ -394,15 +410,56 @@ async def command(request: web.Request) -> web.Response:
         raise InvalidRequest("body is not valid JSON", field="body") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("body must be a JSON object (the OCPP payload)", field="body")
+    action = request.match_info["action"]
+    if rpc.is_charger_initiated(action):
+        raise InvalidRequest(f"{action} is sent by chargers, not to them", field="action")
     timeout = request.query.get("timeout")
     try:
         timeout_s = float(timeout) if timeout is not None else None
     except ValueError:
-        raise InvalidRequest("timeout must be a number of seconds", field="timeout") from None
+        timeout_s = -1.0
+    if timeout_s is not None and not 0 < timeout_s <= MAX_COMMAND_TIMEOUT:
+        raise InvalidRequest(
+            f"timeout must be a number of seconds in (0, {MAX_COMMAND_TIMEOUT}]", field="timeout"
+        )
     result = await request.app[CTX].commands.call(
-        request.match_info["id"], request.match_info["action"], payload, timeout_s
+        request.match_info["id"], action, payload, timeout_s
     )
     return json_response(result)
+
+
+class PasswordIn(BaseModel):
+    """POST /api/v1/charge-points/{id}/password."""
+
+    model_config = ConfigDict(extra="forbid")
+    password: str = Field(min_length=16, max_length=40)
+
+
+@routes.post("/api/v1/charge-points/{id}/password")
+async def rotate_password(request: web.Request) -> web.Response:
+    """Give a connected charger a new Basic-auth password (2.0.1 SetVariables
+    BasicAuthPassword, 1.6 ChangeConfiguration AuthorizationKey); the stored hash changes only
+    when the charger accepts."""
+    require_operator(request)
+    body: PasswordIn = await read_body(request, PasswordIn)
+    status = await request.app[CTX].commands.rotate_password(request.match_info["id"],
+                                                              body.password)
+    return json_response({"status": status, "updated": status in ("Accepted", "RebootRequired")})
+
+
+@routes.get("/api/v1/charge-points/{id}/device-model")
+async def device_model(request: web.Request) -> web.Response:
+    """The OCPP 2.0.1 device model a station reported (NotifyReport after GetBaseReport)."""
+    require_operator(request)
+    cp_id = request.match_info["id"]
+    ctx = request.app[CTX]
+    if await ctx.db.read(lambda s: s.get(ChargePoint, cp_id)) is None:
+        raise NotFound(f"unknown charge point {cp_id!r}", field="id")
+    rows = await ctx.db.read(lambda s: s.execute(
+        select(DeviceVariable).where(col(DeviceVariable.charge_point_id) == cp_id)
+        .order_by(col(DeviceVariable.component), col(DeviceVariable.variable))))
+    return json_response({"items": [
+        r.model_dump(exclude={"id", "charge_point_id"}) for r in rows.scalars()]})
 
 
 def id_tag_json(tag: IdTag) -> dict[str, Any]:
@@ -449,7 +506,7 @@ def transaction_json(tx: Transaction) -> dict[str, Any]:
     """The API shape of a transaction; ``transaction_id`` is the id on the wire; ``energy_wh``
     of an active transaction is the energy so far."""
     wire: Any = tx.ocpp_id
-    if wire is not None and wire.lstrip("-").isdigit():
+    if wire is not None and wire.lstrip("-").isdigit() and abs(int(wire)) < 2**63:
         wire = int(wire)
     return {
         "id": tx.id,

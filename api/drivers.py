@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -46,14 +46,18 @@ class SignupIn(BaseModel):
     """POST /api/v1/drivers."""
 
     model_config = ConfigDict(extra="forbid")
-    email: str = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    email: str = Field(
+        min_length=3,
+        max_length=254,
+        pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$",
+    )
 
 
 class PaymentMethodIn(BaseModel):
     """POST /api/v1/drivers/me/payment-methods."""
 
     model_config = ConfigDict(extra="forbid")
-    payment_method_id: str = Field(min_length=3, max_length=255)
+    payment_method_id: str = Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_]+$")
 
 
 class IdTagLinkIn(BaseModel):
@@ -68,14 +72,14 @@ class SessionIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     charge_point_id: str = Field(min_length=1, max_length=48)
-    connector_id: int = Field(ge=1, le=99)
+    connector_id: StrictInt = Field(ge=1, le=99)
 
 
 class RefundIn(BaseModel):
     """POST /api/v1/sessions/{id}/refund; no amount = the whole collected amount."""
 
     model_config = ConfigDict(extra="forbid")
-    amount: int | None = Field(default=None, ge=1)
+    amount: StrictInt | None = Field(default=None, ge=1, le=99_999_999)
     reason: str | None = Field(default=None, max_length=200)
 
 
@@ -85,7 +89,7 @@ class TariffIn(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     currency: str = Field(min_length=3, max_length=3)
-    hold_amount: int = Field(ge=1)
+    hold_amount: StrictInt = Field(ge=1, le=99_999_999)
     elements: list[dict[str, Any]] = Field(min_length=1)
 
 
@@ -114,9 +118,12 @@ def viewer(request: web.Request) -> str | None:
 def session_id_of(request: web.Request) -> int:
     """The ``{id}`` of a session path."""
     try:
-        return int(request.match_info["id"])
+        value = int(request.match_info["id"])
     except ValueError:
         raise NotFound("no such session", field="id") from None
+    if not 0 < value < 2**63:
+        raise NotFound("no such session", field="id")
+    return value
 
 
 def payment_json(view: PaymentView | None) -> dict[str, Any] | None:
@@ -437,8 +444,8 @@ async def put_tariff(request: web.Request) -> web.Response:
     a charge point has none assigned."""
     require_operator(request)
     tariff_id = request.match_info["id"]
-    if not tariff_id or len(tariff_id) > 64:
-        raise InvalidRequest("tariff id must be 1-64 characters", field="id")
+    if not tariff_id or len(tariff_id) > 64 or not tariff_id.isprintable():
+        raise InvalidRequest("tariff id must be 1-64 printable characters", field="id")
     body: TariffIn = await read_body(request, TariffIn)
     ctx = ctx_of(request)
     existed = await ctx.db.read(lambda s: s.get(TariffRow, tariff_id)) is not None

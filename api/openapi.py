@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from api.app import ChargePointIn, IdTagIn, TokenIn
+from api.app import ChargePointIn, IdTagIn, PasswordIn, TokenIn
 from api.drivers import IdTagLinkIn, PaymentMethodIn, RefundIn, SessionIn, SignupIn, TariffIn
 
 OPERATOR: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -71,6 +71,24 @@ ROUTES: list[tuple[str, str, str, list[Any], type[BaseModel] | None, int, list[i
         None,
         200,
         [400, 401, 403, 404, 409, 502, 504],
+    ),
+    (
+        "post",
+        "/api/v1/charge-points/{id}/password",
+        "Rotate a charger's Basic-auth password (stored once the charger accepts)",
+        OPERATOR,
+        PasswordIn,
+        200,
+        [400, 401, 403, 404, 409, 502, 504],
+    ),
+    (
+        "get",
+        "/api/v1/charge-points/{id}/device-model",
+        "The OCPP 2.0.1 device model reported by the station",
+        OPERATOR,
+        None,
+        200,
+        [401, 403, 404],
     ),
     (
         "put",

@@ -38,7 +38,8 @@ class WebhookProcessorLike(Protocol):
 
 
 def make_stripe_webhook_handler(
-        processor: WebhookProcessorLike) -> Callable[[web.Request], Awaitable[web.Response]]:
+    processor: WebhookProcessorLike,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
     """Build the aiohttp handler for Stripe webhook deliveries (see the module docstring)."""
 
     async def stripe_webhook(request: web.Request) -> web.Response:
@@ -47,16 +48,27 @@ def make_stripe_webhook_handler(
             result = await processor.process(body, request.headers.get("Stripe-Signature"))
         except WebhookError as exc:
             return web.json_response(
-                {"error": {"code": exc.code, "message": str(exc), "field": exc.field}},
-                status=400)
+                {"error": {"code": exc.code, "message": str(exc), "field": exc.field}}, status=400
+            )
         except Exception:  # noqa: BLE001 - answer 500 so Stripe retries; the event is stored
             log.exception("stripe webhook processing failed")
             return web.json_response(
-                {"error": {"code": "processing_failed",
-                           "message": "the event was stored but could not be processed"}},
-                status=500)
-        return web.json_response({"received": True, "event_id": result.event_id,
-                                  "type": result.type, "status": result.status,
-                                  "result": result.result})
+                {
+                    "error": {
+                        "code": "processing_failed",
+                        "message": "the event was stored but could not be processed",
+                    }
+                },
+                status=500,
+            )
+        return web.json_response(
+            {
+                "received": True,
+                "event_id": result.event_id,
+                "type": result.type,
+                "status": result.status,
+                "result": result.result,
+            }
+        )
 
     return stripe_webhook

@@ -358,6 +358,9 @@ def parse_tariff(doc: Mapping[str, Any]) -> Tariff:
     if hold is None:
         raise TariffError("hold_amount", "required (integer minor units)")
     hold_amount = _int(hold, "hold_amount", minimum=1)
+    if hold_amount > MAX_STRIPE_AMOUNT:
+        raise TariffError("hold_amount", f"must be at most {MAX_STRIPE_AMOUNT} (Stripe's "
+                                         "largest amount, 8 digits in minor units)")
     if hold_amount < currency(code).stripe_minimum:
         raise TariffError("hold_amount", f"below the {code} minimum charge "
                           f"{currency(code).stripe_minimum} (minor units)")
@@ -386,6 +389,14 @@ def parse_tariff(doc: Mapping[str, Any]) -> Tariff:
                   parking_grace_period=grace, id=tariff_id, extra=extra)
 
 
+MAX_NUMBER = Decimal(1_000_000)
+"""Largest price, limit or VAT accepted (major units): a bound that keeps arithmetic sane."""
+MAX_DIGITS = 6
+"""Most decimals accepted in a price."""
+MAX_STRIPE_AMOUNT = 99_999_999
+"""Stripe's largest charge amount: 8 digits in minor units (https://docs.stripe.com/currencies#minimum-and-maximum-charge-amounts)."""
+
+
 def _decimal(value: Any, where: str, *, minimum: Decimal | None = Decimal(0)) -> Decimal:
     if isinstance(value, bool) or value is None:
         raise TariffError(where, "must be a number")
@@ -404,16 +415,22 @@ def _decimal(value: Any, where: str, *, minimum: Decimal | None = Decimal(0)) ->
         raise TariffError(where, "must be a number") from None
     if not result.is_finite():
         raise TariffError(where, "must be a finite number")
+    exponent = result.as_tuple().exponent
+    if abs(result) > MAX_NUMBER or (isinstance(exponent, int) and exponent < -MAX_DIGITS
+                                    and result != result.quantize(Decimal(1).scaleb(-MAX_DIGITS))):
+        raise TariffError(where, f"must be at most {MAX_NUMBER} with at most {MAX_DIGITS} decimals")
     if minimum is not None and result < minimum:
         raise TariffError(where, f"must be >= {minimum}")
     return result
 
 
-def _int(value: Any, where: str, *, minimum: int) -> int:
+def _int(value: Any, where: str, *, minimum: int, maximum: int = 10**9) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TariffError(where, "must be an integer")
     if value < minimum:
         raise TariffError(where, f"must be >= {minimum}")
+    if value > maximum:
+        raise TariffError(where, f"must be <= {maximum}")
     return value
 
 

@@ -53,9 +53,10 @@ class Csms:
             self.db, self.metrics, skew_tolerance_s=settings.clock_skew_tolerance
         )
         self.commands = CommandService(self.registry, self.db, settings.command_timeout)
+        self.v201 = V201Handlers(self.service, settings.heartbeat_interval, self.commands)
         routes = {
             OCPP16: V16Handlers(self.service, settings.heartbeat_interval).routes(),
-            OCPP201: V201Handlers(self.service, settings.heartbeat_interval).routes(),
+            OCPP201: self.v201.routes(),
         }
         self.ocpp = OcppServer(settings, self.db, self.service, self.metrics, routes, self.registry)
         self.emulator: StripeEmulator | None = None
@@ -110,6 +111,7 @@ class Csms:
             ),
         )
         self.service.hooks = self.sessions
+        self.v201.sessions = self.sessions
 
     async def _payment_changed(self, view: object) -> None:
         if self.sessions is not None:

@@ -14,13 +14,21 @@ from csms.settings import ConfigError, Settings, load_settings
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets.server").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 async def _serve(settings: Settings) -> None:
     from csms.app import Csms
 
     app = Csms(settings)
-    await app.start()
+    try:
+        await app.start()
+    except OSError as exc:
+        await app.stop()
+        raise SystemExit(
+            f"csms: cannot listen ({exc.strerror or exc}): check CSMS_OCPP_HOST/CSMS_OCPP_PORT "
+            f"({settings.ocpp_port}) and CSMS_API_HOST/CSMS_API_PORT ({settings.api_port})"
+        ) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -7,6 +7,7 @@ returns the charger's CALLRESULT payload or raises one of :mod:`csms.errors` - n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -24,7 +25,7 @@ from csms.errors import (
 from csms.models import ChargePoint, Command, utcnow
 from csms.ocpp import rpc
 from csms.ocpp.rpc import OcppError
-from csms.ocpp.server import ConnectionRegistry
+from csms.ocpp.server import ConnectionRegistry, hash_password
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,23 @@ def _coerce_configuration(payload: dict[str, Any]) -> dict[str, Any]:
 
 _RESPONSE_FIXERS = {"GetConfiguration": _coerce_configuration}
 
+PASSWORD_ACCEPTED = frozenset({"Accepted", "RebootRequired"})
+
+
+def _sets_password(action: str, payload: dict[str, Any]) -> bool:
+    """True for a call that sets the charger's Basic-auth password (1.6 ChangeConfiguration
+    AuthorizationKey; 2.0.1 SetVariables SecurityCtrlr.BasicAuthPassword, A01)."""
+    if action == "ChangeConfiguration":
+        return str(payload.get("key", "")).lower() == "authorizationkey"
+    if action == "SetVariables":
+        return any(
+            isinstance(d, dict)
+            and (d.get("component") or {}).get("name") == "SecurityCtrlr"
+            and (d.get("variable") or {}).get("name") == "BasicAuthPassword"
+            for d in payload.get("setVariableData") or []
+        )
+    return False
+
 
 class CommandService:
     """Sends commands to connected chargers and records each with its outcome."""
@@ -51,9 +69,20 @@ class CommandService:
         self.timeout = timeout
 
     async def call(
-        self, cp_id: str, action: str, payload: dict[str, Any], timeout: float | None = None
+        self,
+        cp_id: str,
+        action: str,
+        payload: dict[str, Any],
+        timeout: float | None = None,
+        *,
+        secret: bool = False,
     ) -> dict[str, Any]:
         """Send ``action`` with ``payload`` (OCPP field names) to ``cp_id``.
+
+        A payload that sets the charger's Basic-auth password (1.6 ``AuthorizationKey``, 2.0.1
+        ``SecurityCtrlr.BasicAuthPassword``) is refused unless ``secret`` (only
+        :meth:`rotate_password` sends it: it keeps the stored hash in step, and the password is
+        not recorded).
 
         Returns:
             the charger's CALLRESULT payload.
@@ -77,9 +106,14 @@ class CommandService:
             rpc.validate(conn.version, action, payload)
         except OcppError as exc:
             raise InvalidRequest(exc.description, field=exc.details.get("field")) from None
+        if _sets_password(action, payload) and not secret:
+            raise InvalidRequest(
+                "the charger password is changed by password rotation, which keeps the stored "
+                "hash in step", field="action")
+        recorded = {"redacted": True} if secret else payload
 
         async def record(s: AsyncSession) -> int:
-            cmd = Command(charge_point_id=cp_id, action=action, message_id="", request=payload)
+            cmd = Command(charge_point_id=cp_id, action=action, message_id="", request=recorded)
             s.add(cmd)
             await s.flush()
             assert cmd.id is not None
@@ -150,3 +184,43 @@ class CommandService:
                 cp_id, "RemoteStopTransaction", {"transactionId": int(ocpp_transaction_id)}
             )
         return str(result.get("status"))
+
+    async def rotate_password(self, cp_id: str, password: str) -> str:
+        """Give the charger a new HTTP Basic password (security profiles 1 and 2) and store its
+        hash once the charger accepted it: 2.0.1 A01 (SetVariables
+        ``SecurityCtrlr.BasicAuthPassword``), 1.6 Security Whitepaper (ChangeConfiguration
+        ``AuthorizationKey``). Returns the charger's status (Accepted / RebootRequired: the hash
+        is updated; anything else: the old password stays valid).
+
+        Raises:
+            InvalidRequest: the password is not 16-40 characters.
+            NotFound / NotConnected / CallFailed: as :meth:`call` (the old password stays).
+        """
+        if not 16 <= len(password) <= 40 or any(ord(c) < 32 for c in password):
+            raise InvalidRequest("the password must be 16-40 printable characters",
+                                 field="password")
+        password_hash = await asyncio.to_thread(hash_password, password)
+        conn = self.registry.get(cp_id)
+        if conn is not None and conn.version == rpc.OCPP201:
+            result = await self.call(cp_id, "SetVariables", {"setVariableData": [{
+                "component": {"name": "SecurityCtrlr"},
+                "variable": {"name": "BasicAuthPassword"},
+                "attributeValue": password,
+            }]}, secret=True)
+            status = str(((result.get("setVariableResult") or [{}])[0]).get("attributeStatus"))
+        else:
+            result = await self.call(cp_id, "ChangeConfiguration",
+                                     {"key": "AuthorizationKey", "value": password}, secret=True)
+            status = str(result.get("status"))
+        if status not in PASSWORD_ACCEPTED:
+            log.warning("%s: the charger did not take the new password (%s)", cp_id, status)
+            return status
+
+        async def store(s: AsyncSession) -> None:
+            cp = await s.get(ChargePoint, cp_id)
+            if cp is not None:
+                cp.password_hash = password_hash
+
+        await self.db.write(store)
+        log.info("%s: password rotated (%s)", cp_id, status)
+        return status

@@ -279,3 +279,60 @@ class ChargingSession(SQLModel, table=True):
     stopped_at: datetime | None = _ts()
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
+
+
+class DeviceVariable(SQLModel, table=True):
+    """One variable attribute of an OCPP 2.0.1 station's device model, as the station reported
+    it in NotifyReport (B07 GetBaseReport / B08 GetCustomReport). ``evse_id`` / ``connector_id``
+    0 and empty instances mean "not given"."""
+
+    __tablename__ = "device_variable"
+    __table_args__ = (
+        UniqueConstraint(
+            "charge_point_id", "component", "component_instance", "evse_id", "connector_id",
+            "variable", "variable_instance", "attribute_type", name="uq_device_variable",
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    charge_point_id: str = Field(max_length=255)
+    component: str = Field(max_length=50)
+    component_instance: str = Field(default="", max_length=50)
+    evse_id: int = 0
+    connector_id: int = 0
+    variable: str = Field(max_length=50)
+    variable_instance: str = Field(default="", max_length=50)
+    attribute_type: str = Field(default="Actual", max_length=16)
+    value: str | None = Field(default=None, sa_column=Column(Text))
+    mutability: str | None = None
+    persistent: bool | None = None
+    constant: bool | None = None
+    characteristics: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    """VariableCharacteristicsType as reported (unit, dataType, limits, valuesList...)."""
+    request_id: int | None = None
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
+
+
+class TransactionEventRecord(SQLModel, table=True):
+    """An OCPP 2.0.1 TransactionEventRequest as received, with what was done with it
+    (E01-E07: seqNo, offline replays). ``outcome``: applied | replay (same seqNo again) |
+    conflict (same seqNo, other eventType) | late (arrived after the Ended) | failed."""
+
+    __tablename__ = "transaction_event"
+    __table_args__ = (Index("ix_transaction_event_cp_tx", "charge_point_id", "transaction_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    charge_point_id: str = Field(max_length=255)
+    transaction_id: str = Field(max_length=64)
+    """The station's transactionId (``Transaction.ocpp_id``)."""
+    transaction_pk: int | None = None
+    seq_no: int
+    event_type: str
+    trigger_reason: str | None = None
+    offline: bool = False
+    timestamp_raw: str | None = None
+    message_id: str | None = None
+    outcome: str = "applied"
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    """The request exactly as received (signed meter data included)."""
+    received_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))

@@ -460,7 +460,7 @@ class SessionService:
 
         link, pending = await self.db.read(find)
         if link is None:
-            return None
+            return await self._remote_start_auth(cp_id, tag)
         if pending is not None:
             return AuthResult("Accepted")
 
@@ -476,6 +476,24 @@ class SessionService:
         assert session.id is not None
         await self._set(session.id, status="authorized")
         return AuthResult("Accepted")
+
+    async def _remote_start_auth(self, cp_id: str, tag: str) -> AuthResult | None:
+        """The one-off tag of an app session being started here (a charger that authorises
+        remote starts first: 1.6 AuthorizeRemoteTxRequests, 2.0.1 AuthorizeRemoteStart, F01)."""
+        starting = await self.open_session(cp_id, tag, ("starting",))
+        return None if starting is None else AuthResult("Accepted")
+
+    async def open_session(
+        self, cp_id: str, tag: str, statuses: tuple[str, ...] = OPEN
+    ) -> ChargingSession | None:
+        """The newest session of ``tag`` at ``cp_id`` in one of ``statuses`` (default: open)."""
+        return await self.db.read(lambda s: self._first(
+            s,
+            col(ChargingSession.id_tag) == tag,
+            col(ChargingSession.charge_point_id) == cp_id,
+            col(ChargingSession.status).in_(statuses),
+            newest=True,
+        ))
 
     # -- hooks called by ChargingService ---------------------------------------------------
 
@@ -500,7 +518,7 @@ class SessionService:
             )
         session.transaction_pk = tx.id
         session.connector_id = tx.connector_id
-        session.started_at = tx.started_at
+        session.started_at = _billable_start(session, tx)
         if session.status != "authorizing":
             session.status = "charging"
         session.updated_at = utcnow()
@@ -523,16 +541,32 @@ class SessionService:
             log.warning(
                 "session %s: offline start without a hold (%s): stopping", session.id, exc.message
             )
-            await self._set(
+            if await self._charging_unless_stopped(
                 session.id,
-                status="charging",
                 failure_reason=f"no hold: {exc.message}",
                 stop_requested_at=utcnow(),
                 stop_reason="hold_failed",
-            )
-            await self._remote_stop(await self.get(session.id))
+            ):
+                await self._remote_stop(await self.get(session.id))
             return
-        await self._set(session.id, status="charging")
+        if not await self._charging_unless_stopped(session.id):
+            await self._settle(session.id)
+
+    async def _charging_unless_stopped(self, session_id: int, **values: Any) -> bool:
+        """The session becomes ``charging`` (with ``values``) in one unit; False when the
+        transaction stopped while the hold was being placed (an offline replay: the stop already
+        made the session ``settling``, which must not be undone)."""
+
+        async def unit(s: AsyncSession) -> bool:
+            row = await s.get(ChargingSession, session_id)
+            if row is None or row.status in ("settling", "completed", "payment_failed"):
+                return False
+            for key, value in {"status": "charging", **values}.items():
+                setattr(row, key, value)
+            row.updated_at = utcnow()
+            return True
+
+        return await self.db.write(unit)
 
     async def on_status(
         self, s: AsyncSession, cp_id: str, connector_id: int, status: str | None, at: datetime
@@ -574,7 +608,7 @@ class SessionService:
         session = await s.get(ChargingSession, tx.session_id)
         if session is None or session.status not in ("charging", "authorizing"):
             return
-        session.stopped_at = tx.stopped_at
+        session.stopped_at = _billable_stop(tx)
         session.energy_wh = tx.energy_wh
         cost = await self._cost(s, session, tx)
         session.cost = cost_json(cost)
@@ -601,8 +635,8 @@ class SessionService:
         assert session.transaction_pk is not None
         t = tx or await s.get(Transaction, session.transaction_pk)
         assert t is not None
-        start = session.started_at or t.started_at or session.created_at
-        stop = (t.stopped_at if tx is not None else None) or utcnow()
+        start = session.started_at or _billable_start(session, t)
+        stop = (_billable_stop(t) if tx is not None else None) or utcnow()
         if stop < start:
             stop = start
         state = EnergyState.from_dict(t.meter_state)
@@ -723,6 +757,23 @@ class SessionService:
         if driver_id is not None:
             q = q.where(col(ChargingSession.driver_id) == driver_id)
         return list((await self.db.read(lambda s: s.execute(q))).scalars())
+
+
+def _billable_start(session: ChargingSession, tx: Transaction) -> datetime:
+    """When billing starts: the charger's start time, but never before the paid session existed
+    (a charger clock running late must not add hours of TIME to the bill). An offline start
+    predates its session, so there the charger's (trusted) time stands."""
+    start = tx.started_at or session.created_at
+    if session.origin != "offline":
+        start = max(start, session.created_at)
+    return start
+
+
+def _billable_stop(tx: Transaction) -> datetime | None:
+    """When billing stops: the charger's stop time, never after we received the stop."""
+    if tx.stopped_at is None or tx.stop_received_at is None:
+        return tx.stopped_at
+    return min(tx.stopped_at, tx.stop_received_at)
 
 
 def cost_json(cost: Cost) -> dict[str, Any]:

@@ -118,9 +118,16 @@ class SimCharger(LibChargePoint):  # type: ignore[misc]
                 connector_id=1, id_tag=id_tag, meter_start=self.register_wh, timestamp=self.now()
             )
         )
-        if start.id_tag_info["status"] != AuthorizationStatus.accepted:
-            log.warning("%s: start refused (%s)", self.id, start.id_tag_info["status"])
         self.transaction_id = start.transaction_id
+        if start.id_tag_info["status"] != AuthorizationStatus.accepted:
+            # OCPP 1.6 §5.11 / StopTransactionOnInvalidId: end the refused transaction at once
+            log.warning("%s: start refused (%s)", self.id, start.id_tag_info["status"])
+            await self.call(call.StopTransaction(
+                meter_stop=self.register_wh, timestamp=self.now(),
+                transaction_id=self.transaction_id, reason="DeAuthorized"))
+            self.transaction_id = None
+            await self.status(ChargePointStatus.available)
+            return 0
         self.stop_requested.clear()
         await self.status(ChargePointStatus.charging)
         meter_start, elapsed, reason = self.register_wh, 0.0, "EVDisconnected"
@@ -239,12 +246,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="ws://127.0.0.1:9000/ocpp", help="OCPP endpoint")
     parser.add_argument("--id", default="SIM1", help="charge point id (with --chargers N: prefix)")
     parser.add_argument("--password", default=None, help="Basic auth password (profile 1)")
-    parser.add_argument("--chargers", type=int, default=1)
-    parser.add_argument("--mode", choices=["remote", "rfid"], default="remote")
+    parser.add_argument("--chargers", type=int, default=1, help="how many chargers (default 1)")
+    parser.add_argument("--mode", choices=["remote", "rfid"], default="remote",
+                        help="remote: wait for RemoteStartTransaction (app flow); rfid: "
+                             "Authorize --id-tag and start (default remote)")
     parser.add_argument("--id-tag", default=None, help="RFID tag for --mode rfid")
-    parser.add_argument("--sessions", type=int, default=1, help="sessions per charger, 0 = forever")
-    parser.add_argument("--power-w", type=int, default=7400)
-    parser.add_argument("--energy-wh", type=int, default=7500)
+    parser.add_argument("--sessions", type=int, default=1,
+                        help="sessions per charger, 0 = forever (default 1)")
+    parser.add_argument("--power-w", type=int, default=7400,
+                        help="charging power in W (default 7400)")
+    parser.add_argument("--energy-wh", type=int, default=7500,
+                        help="energy until the car is full, Wh (default 7500)")
     parser.add_argument("--meter-interval", type=float, default=60.0, help="simulated seconds")
     parser.add_argument("--max-seconds", type=float, default=4 * 3600.0)
     parser.add_argument("--speed", type=float, default=60.0, help="simulated s per real s")

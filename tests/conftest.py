@@ -148,6 +148,22 @@ class Server:
         status, resp = await self.api("PUT", f"/api/v1/charge-points/{quote(cp_id, safe='')}", body)
         assert status in (200, 201), resp
 
+    async def backdate_sessions(self, when: str) -> None:
+        """Pretend every paid session was created at ``when`` (ISO 8601): lets a test replay a
+        charger's recorded timeline, which billing never lets start before its session."""
+        from datetime import datetime
+
+        from sqlalchemy import update
+
+        from csms.models import ChargingSession
+
+        at = datetime.fromisoformat(when.replace("Z", "+00:00"))
+
+        async def unit(s: Any) -> None:
+            await s.execute(update(ChargingSession).values(created_at=at))
+
+        await self.app.db.write(unit)
+
     async def restart(self) -> None:
         """Stop the server and start a new one on the same database and ports."""
         settings = self.app.settings

@@ -127,3 +127,39 @@ async def test_api_requires_operator_token(server: Server) -> None:
         assert resp.status == 401
     _, tags = await server.api("GET", "/api/v1/id-tags", expect=200)
     assert tags == {"items": []}
+
+
+async def test_bad_command_requests_are_400(server: Server) -> None:
+    cp = await connect(server)
+    for timeout in ("-1", "0", "inf", "nan", "1e308", "abc"):
+        status, body = await server.api(
+            "POST", f"/api/v1/charge-points/CP1/commands/Reset?timeout={timeout}", {"type": "Soft"}
+        )
+        assert (status, body["error"]["field"]) == (400, "timeout"), timeout
+    for action in ("Heartbeat", "BootNotification", "StopTransaction"):
+        status, body = await server.api("POST", f"/api/v1/charge-points/CP1/commands/{action}", {})
+        assert (status, body["error"]["field"]) == (400, "action"), action
+    assert cp.received_calls == []
+    await cp.close()
+
+
+async def test_odd_values_from_chargers_and_callers_never_give_500(server: Server) -> None:
+    """Found by a fresh user: a 2^70 transaction id, a naive expiry date, huge ids."""
+    cp = await connect(server)
+    reply = await cp.call("StopTransaction", {"transactionId": 2**70, "meterStop": 5,
+                                              "timestamp": "2026-01-01T00:00:00Z"})
+    assert reply[0] == 3
+    _, txs = await server.api("GET", "/api/v1/transactions?status=orphan", expect=200)
+    # kept for review as text (64-bit ids and beyond are not ours); listing never fails
+    assert isinstance(txs["items"][0]["transaction_id"], str)
+    status, body = await server.api("PUT", "/api/v1/id-tags/T3",
+                                    {"expiry_date": "2030-01-01T00:00:00"})
+    assert (status, body["error"]["field"]) == (400, "expiry_date")
+    status, _ = await server.api("GET", "/api/v1/sessions/99999999999999999999999")
+    assert status == 404
+    status, body = await server.api("PUT", "/api/v1/tariffs/t2", {
+        "currency": "JPY", "hold_amount": 3000,
+        "elements": [{"price_components": [{"type": "ENERGY", "price": "1e30", "step_size": 1}]}]})
+    assert status == 400 and "price" in body["error"]["field"]
+    await server.api("GET", "/api/v1/tariffs", expect=200)
+    await cp.close()

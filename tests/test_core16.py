@@ -245,3 +245,49 @@ async def test_metrics_and_health(server: Server) -> None:
     status, body = await server.api("GET", "/healthz", token=None)
     assert status == 200 and body["status"] == "ok"
     await cp.close()
+
+
+async def test_action_names_are_never_paths(server: Server) -> None:
+    """An action name from the wire is looked up among the schema files, never opened as a
+    path (found by a fresh user: '/tmp/x' and '../../v201/schemas/...' used to be read)."""
+    cp = await connect(server)
+    for action in ("/etc/passwd", "../../v201/schemas/BootNotificationRequest", "..", ""):
+        reply = await cp.send_frame([2, "p1", action, {}])
+        assert reply[:3] == [4, "p1", "NotImplemented"] or reply[2] == "FormationViolation"
+    await cp.close()
+
+
+async def test_absurd_numbers_get_a_callerror_not_internal_error(server: Server) -> None:
+    """Found by a fresh user: nan, 1e400 and 2^70 used to raise inside the handler."""
+    cp = await connect(server)
+    for value in ("nan", "1e400", 2**70):
+        reply = await cp.call(
+            "StatusNotification",
+            {"connectorId": value, "errorCode": "NoError", "status": "Available"},
+        )
+        assert reply[0] == 4 and reply[2] in (
+            "TypeConstraintViolation",
+            "PropertyConstraintViolation",
+        ), reply
+        reply = await cp.call(
+            "StartTransaction",
+            {
+                "connectorId": 1,
+                "idTag": "X",
+                "meterStart": value,
+                "timestamp": "2026-01-01T00:00:00Z",
+            },
+        )
+        assert reply[0] == 3 or reply[2] != "InternalError", reply
+    big = {"vendorId": "v", "data": "x" * (2 * 1024 * 1024)}
+    assert (await cp.call("DataTransfer", big))[0] == 3
+    from sqlalchemy import select
+
+    from csms.models import OcppEvent
+
+    rows = await server.app.db.read(
+        lambda s: s.execute(select(OcppEvent).where(OcppEvent.kind == "data_transfer"))
+    )  # type: ignore[arg-type]
+    [event] = rows.scalars()
+    assert event.detail["truncated"] is True and len(event.detail["head"]) <= 64 * 1024
+    await cp.close()

@@ -33,7 +33,6 @@ def e2e_block() -> str:
 )
 def test_e2e_md_commands_end_in_a_paid_session(tmp_path: Path) -> None:
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
-    (tmp_path / "var").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CSMS_", "STRIPE_"))}
     env.update(CSMS_API_PORT=str(free_port()), CSMS_OCPP_PORT=str(free_port()))
     proc = subprocess.run(
@@ -44,10 +43,16 @@ def test_e2e_md_commands_end_in_a_paid_session(tmp_path: Path) -> None:
         text=True,
         timeout=240,
     )
-    logs = "".join(p.read_text() for p in (tmp_path / "var").glob("*.log"))
+    logs = "".join(p.read_text() for p in (tmp_path / "var").glob("*.log")) \
+        if (tmp_path / "var").is_dir() else ""
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs
     receipt = json.loads(proc.stdout.strip().splitlines()[-1])
     assert receipt["status"] == "completed"
     assert receipt["energy_wh"] == 7500 and receipt["total"] == 300
     assert receipt["charged"]["captured_amount"] == 300
     assert receipt["stripe"]["payment_intent_id"].startswith("pi_")
+    # run again in the same folder (database and emulator data kept): still ends paid
+    again = subprocess.run(["bash", "-euo", "pipefail", "-c", e2e_block()], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["total"] == 300

@@ -5,6 +5,7 @@ where the test needs to misbehave)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -292,9 +293,15 @@ async def connect(server: Server, cp_id: str, tariff: dict[str, Any] | None = No
 
 
 async def start_via_app(
-    server: Server, cp: RawCharger, token: str, cp_id: str, meter_start: int = 1000
+    server: Server,
+    cp: RawCharger,
+    token: str,
+    cp_id: str,
+    meter_start: int = 1000,
+    created_at: str | None = None,
 ) -> tuple[int, int]:
-    """POST /sessions, then the charger starts the transaction; returns (session, tx id)."""
+    """POST /sessions, then the charger starts the transaction; returns (session, tx id).
+    With ``created_at`` the session is backdated first (the charger's times are recorded)."""
     _, session = await server.api(
         "POST",
         "/api/v1/sessions",
@@ -303,6 +310,8 @@ async def start_via_app(
         expect=201,
     )
     tag = cp.received_calls[-1][3]["idTag"]
+    if created_at is not None:
+        await server.backdate_sessions(created_at)  # the charger's timeline is in the past
     start = await cp.result(
         "StartTransaction",
         {
@@ -509,7 +518,9 @@ async def test_parking_after_the_grace_period_is_priced_from_status_notification
         },
     )
     driver = await new_driver(server, "park@example.com")
-    sid, tx_id = await start_via_app(server, cp, driver["token"], "LOT10")
+    sid, tx_id = await start_via_app(
+        server, cp, driver["token"], "LOT10", created_at="2026-11-30T09:59:00Z"
+    )
 
     async def status(value: str, ts: str) -> None:
         await cp.result(
@@ -530,4 +541,45 @@ async def test_parking_after_the_grace_period_is_priced_from_status_notification
     assert lines == {"ENERGY": 200, "PARKING_TIME": 200}
     assert done["cost"]["parking_seconds"] == 1800
     assert done["payment"]["captured_amount"] == 400
+    await cp.close()
+
+
+async def test_a_charger_clock_running_late_does_not_inflate_the_bill(server: Server) -> None:
+    """The charger says the transaction started 5 h before the driver even asked: TIME is
+    billed from the session's creation, never from the charger's claim."""
+    cp = await connect(
+        server,
+        "LOT11",
+        tariff={
+            "currency": "JPY",
+            "hold_amount": 3000,
+            "elements": [{"price_components": [{"type": "TIME", "price": 300, "step_size": 60}]}],
+        },
+    )
+    driver = await new_driver(server, "clock@example.com")
+    _, session = await server.api(
+        "POST",
+        "/api/v1/sessions",
+        {"charge_point_id": "LOT11", "connector_id": 1},
+        token=driver["token"],
+        expect=201,
+    )
+    tag = cp.received_calls[-1][3]["idTag"]
+    now = datetime.now(UTC)
+    start = await cp.result(
+        "StartTransaction",
+        {
+            "connectorId": 1,
+            "idTag": tag,
+            "meterStart": 0,
+            "timestamp": (now - timedelta(hours=5)).isoformat(),
+        },
+    )
+    await cp.result(
+        "StopTransaction",
+        {"transactionId": start["transactionId"], "meterStop": 1000, "timestamp": now.isoformat()},
+    )
+    done = await wait_status(server, session["id"], driver["token"], "completed")
+    assert done["cost"]["charging_seconds"] < 60
+    assert done["cost"]["amount"] <= 5  # at most one 60 s step of ¥300/h
     await cp.close()

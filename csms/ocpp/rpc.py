@@ -185,19 +185,85 @@ def dump_error(message_id: str, error: OcppError, version: str) -> str:
     ).decode()
 
 
+CHARGER_INITIATED = frozenset(
+    {
+        # OCPP 1.6 (Core, Firmware, security whitepaper)
+        "Authorize",
+        "BootNotification",
+        "DiagnosticsStatusNotification",
+        "FirmwareStatusNotification",
+        "Heartbeat",
+        "MeterValues",
+        "StartTransaction",
+        "StatusNotification",
+        "StopTransaction",
+        "SecurityEventNotification",
+        "SignCertificate",
+        "LogStatusNotification",
+        "SignedFirmwareStatusNotification",
+        # OCPP 2.0.1
+        "ClearedChargingLimit",
+        "Get15118EVCertificate",
+        "GetCertificateStatus",
+        "NotifyChargingLimit",
+        "NotifyCustomerInformation",
+        "NotifyDisplayMessages",
+        "NotifyEVChargingNeeds",
+        "NotifyEVChargingSchedule",
+        "NotifyEvent",
+        "NotifyMonitoringReport",
+        "NotifyReport",
+        "PublishFirmwareStatusNotification",
+        "ReportChargingProfiles",
+        "ReservationStatusUpdate",
+        "TransactionEvent",
+    }
+)
+"""Actions only a charger sends (DataTransfer goes both ways)."""
+
+
+def action_names() -> frozenset[str]:
+    """Every action name of every version we speak (bounded: fit for metric labels)."""
+    return frozenset(
+        name.removesuffix("Request")
+        for version in _SCHEMA_DIRS
+        for name in _schema_names(version)
+        if not name.endswith("Response")
+    )
+
+
+def is_charger_initiated(action: str) -> bool:
+    """True for actions a CSMS never sends (the API refuses to send them)."""
+    return action in CHARGER_INITIATED
+
+
 @cache
+def _schema_names(version: str) -> frozenset[str]:
+    """The schema files of ``version``: the only names ever opened (an action name from the
+    wire is never used as a path)."""
+    return frozenset(p.stem for p in _SCHEMA_DIRS[version].glob("*.json"))
+
+
 def _validator(version: str, name: str) -> Any:
-    path = _SCHEMA_DIRS[version] / f"{name}.json"
-    if not path.is_file():
+    """The compiled validator of schema ``name`` (None if ``version`` has no such schema);
+    only real schema names reach the cache, so it stays bounded."""
+    if name not in _schema_names(version):
         return None
+    return _compiled(version, name)
+
+
+@cache
+def _compiled(version: str, name: str) -> Any:
+    path = _SCHEMA_DIRS[version] / f"{name}.json"
     schema = json.loads(path.read_text(encoding="utf-8"))
     schema.pop("$schema", None)  # fastjsonschema picks the draft itself
-    return fastjsonschema.compile(schema, use_formats=False)
+    # use_default=False: validation never fills in defaults, payloads stay as received
+    return fastjsonschema.compile(schema, use_formats=False, use_default=False)
 
 
 def has_schema(version: str, action: str) -> bool:
     """True if ``action`` is an OCPP action of ``version`` (its request schema exists)."""
-    return _validator(version, _request_schema(version, action)) is not None
+    return _request_schema(version, action) in _schema_names(version)
 
 
 def _request_schema(version: str, action: str) -> str:

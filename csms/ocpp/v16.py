@@ -9,6 +9,7 @@ counted and logged, and whatever can be kept is kept.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from csms.metering import normalise_meter_values
@@ -57,7 +58,12 @@ def id_tag_info(auth: AuthResult) -> dict[str, Any]:
 
 
 def _int(payload: dict[str, Any], key: str, required: bool = True) -> int | None:
-    """An integer field, tolerating numeric strings and whole floats."""
+    """An integer field, tolerating numeric strings and whole floats.
+
+    Raises:
+        OcppError: missing when required, not a number, or out of range (connector and
+            reservation ids are 32-bit, meter readings 64-bit).
+    """
     value = payload.get(key)
     if value is None:
         if required:
@@ -65,17 +71,36 @@ def _int(payload: dict[str, Any], key: str, required: bool = True) -> int | None
         return None
     if isinstance(value, bool):
         raise OcppError("TypeConstraintViolation", f"{key} must be an integer", {"field": key})
+    number: int | None
     if isinstance(value, int):
-        return value
+        number = value
+    else:
+        try:
+            as_float = float(str(value).strip())
+            number = int(as_float) if math.isfinite(as_float) else None
+        except (ValueError, OverflowError):
+            number = None
+        if number is None:
+            if required:
+                raise OcppError(
+                    "TypeConstraintViolation", f"{key} must be an integer", {"field": key}
+                )
+            return None
+    limit = 2**31 if key in ("connectorId", "reservationId") else 2**63
+    if not -limit <= number < limit:
+        raise OcppError(
+            "PropertyConstraintViolation", f"{key} is out of range", {"field": key}
+        )
+    return number
+
+
+def _wire_id(payload: dict[str, Any]) -> str:
+    """The transactionId of a stop as text: the integer when it is one (5, "5", 5.0), else the
+    raw value (kept for review, never refused)."""
     try:
-        number = float(str(value).strip())
-    except ValueError:
-        if required:
-            raise OcppError(
-                "TypeConstraintViolation", f"{key} must be an integer", {"field": key}
-            ) from None
-        return None
-    return int(number)
+        return str(_int(payload, "transactionId"))
+    except OcppError:
+        return str(payload.get("transactionId"))
 
 
 def _str(value: Any) -> str | None:
@@ -188,7 +213,8 @@ class V16Handlers:
         await self.service.stop_transaction(
             ctx.charge_point_id,
             StopRequest(
-                ocpp_id=None if tx_id is None else str(_int(p, "transactionId", required=False)),
+                # any id is acknowledged (an unknown or absurd one becomes an orphan for review)
+                ocpp_id=None if tx_id is None else _wire_id(p),
                 id_tag_raw=_str(p.get("idTag")),
                 meter_stop=_int(p, "meterStop", required=False),
                 timestamp=parse_timestamp(
@@ -207,7 +233,7 @@ class V16Handlers:
             p.get("meterValue") or [], ctx.received_at, self.service.skew_tolerance_s
         )
         tx_id = _int(p, "transactionId", required=False)
-        await self.service.meter_values(
+        await self.service.record_meter_values(  # the answer needs no energy
             ctx.charge_point_id,
             _int(p, "connectorId", required=False),
             None if tx_id is None else str(tx_id),

@@ -381,3 +381,24 @@ def test_currency_helpers() -> None:
     assert to_minor(Decimal("-0.005"), "EUR") == -1
     assert to_major(1234, "EUR") == Decimal("12.34")
     assert (minimum_charge("JPY"), minimum_charge("usd"), minimum_charge("GBP")) == (50, 50, 30)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("price", "1e30"), ("price", "1e400"), ("price", "9" * 60), ("price", "0.0000001"),
+    ("step_size", 2**70),
+])
+def test_absurd_numbers_are_refused_with_the_field(field: str, value: Any) -> None:
+    """A bound on every number keeps a typo from storing a tariff that cannot be priced."""
+    component: dict[str, Any] = {"type": "ENERGY", "price": 40, "step_size": 1}
+    component[field] = value
+    with pytest.raises(TariffError) as info:
+        tariff(elements=[energy(component)])
+    assert info.value.field == f"elements[0].price_components[0].{field}"
+
+
+def test_hold_amount_is_at_most_stripes_largest_amount() -> None:
+    with pytest.raises(TariffError) as info:
+        tariff(hold_amount=10**12, elements=[energy(comp("ENERGY", 40))])
+    assert info.value.field == "hold_amount"
+    assert tariff(hold_amount=99_999_999, elements=[energy(comp("ENERGY", 40))]).hold_amount \
+        == 99_999_999

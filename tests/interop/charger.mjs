@@ -30,7 +30,10 @@
 // schema violation aborts the scenario; the charger still lingers, answering incoming calls.
 // Incoming calls: 1.6 RemoteStart/RemoteStopTransaction, GetConfiguration, ChangeConfiguration
 // (stored, so GetConfiguration shows it; read-only keys are Rejected), Reset, TriggerMessage,
-// UnlockConnector, ChangeAvailability; any other action gets a NotImplemented CALLERROR.
+// UnlockConnector, ChangeAvailability; 2.0.1 RequestStart/RequestStopTransaction, GetVariables,
+// SetVariables (same store), GetBaseReport (then NotifyReport in two parts), GetTransactionStatus,
+// CostUpdated, ClearCache, Reset, TriggerMessage, UnlockConnector, ChangeAvailability; any other
+// action gets a NotImplemented CALLERROR.
 // Exit code: 0 if the scenario completed with no strict-failure, bad-message, call-error or
 // error event; 1 otherwise; 2 for bad command-line usage.
 
@@ -456,16 +459,37 @@ const ocpp16 = {
 };
 
 // ---------------------------------------------------------------------------------------------
-// OCPP 2.0.1 (boot + handlers; add a `core201` scenario to `scenarios` when the CSMS has 2.0.1)
+// OCPP 2.0.1
+
+// component/variable[instance] -> stored key, for GetVariables / SetVariables / NotifyReport
+const varKey = (component, variable) =>
+  `${component.name}/${variable.name}${variable.instance ? `[${variable.instance}]` : ''}`;
+
+// a 2.0.1 meter value: one Energy.Active.Import.Register reading (Wh), plus power when given
+function meter201(context, wh, powerW) {
+  const sampledValue = [
+    { value: wh, context, measurand: 'Energy.Active.Import.Register', location: 'Outlet', unitOfMeasure: { unit: 'Wh' } },
+  ];
+  if (powerW !== undefined) {
+    sampledValue.push({ value: powerW, context, measurand: 'Power.Active.Import', location: 'Outlet', unitOfMeasure: { unit: 'W' } });
+  }
+  return [{ timestamp: now(), sampledValue }];
+}
 
 const ocpp201 = {
   defaultScenario: 'connect-only',
 
-  // component/variable -> value, for GetVariables / SetVariables
+  // component/variable[instance] -> value, for GetVariables / SetVariables / GetBaseReport
   initialConfig: () => [
     ['OCPPCommCtrlr/HeartbeatInterval', { readonly: false, value: '300' }],
     ['SampledDataCtrlr/TxUpdatedInterval', { readonly: false, value: '60' }],
     ['AuthCtrlr/AuthorizeRemoteStart', { readonly: false, value: 'true' }],
+    ['SecurityCtrlr/SecurityProfile', { readonly: true, value: '1' }],
+    ['SecurityCtrlr/BasicAuthPassword', { readonly: false, writeOnly: true, value: '' }],
+    ['TariffCostCtrlr/Available[Cost]', { readonly: true, value: 'true' }],
+    ['TariffCostCtrlr/Enabled[Cost]', { readonly: false, value: 'true' }],
+    ['TariffCostCtrlr/Currency', { readonly: false, value: 'JPY' }],
+    ['CustomizationCtrlr/CustomImplementationEnabled[org.openchargealliance.costmsg]', { readonly: true, value: 'true' }],
   ],
 
   bootRequest: (c) => ({
@@ -485,29 +509,70 @@ const ocpp201 = {
     connectorId: c.opts.connectorId,
   }),
 
+  // NotifyReport (B07) of the whole configuration, in two parts (tbc), after GetBaseReport
+  async sendReport(c, requestId) {
+    const reportData = [...c.state.config.entries()].map(([key, entry]) => {
+      const m = /^([^/]+)\/([^[]+)(?:\[(.+)\])?$/.exec(key);
+      const variable = { name: m[2] };
+      if (m[3]) variable.instance = m[3];
+      const attribute = { type: 'Actual', mutability: entry.readonly ? 'ReadOnly' : entry.writeOnly ? 'WriteOnly' : 'ReadWrite' };
+      if (!entry.writeOnly) attribute.value = entry.value;
+      return {
+        component: { name: m[1] },
+        variable,
+        variableAttribute: [attribute],
+        variableCharacteristics: { dataType: 'string', supportsMonitoring: false },
+      };
+    });
+    const half = Math.ceil(reportData.length / 2);
+    const parts = [reportData.slice(0, half), reportData.slice(half)];
+    for (const [seqNo, part] of parts.entries()) {
+      await c.call('NotifyReport', {
+        requestId,
+        generatedAt: now(),
+        seqNo,
+        tbc: seqNo < parts.length - 1,
+        reportData: part,
+      });
+    }
+  },
+
   handlers: {
     RequestStartTransaction: () => ({ status: 'Accepted' }),
     RequestStopTransaction: () => ({ status: 'Accepted' }),
     GetVariables: (c, params) => ({
       getVariableResult: params.getVariableData.map(({ component, variable, attributeType }) => {
-        const entry = c.state.config.get(`${component.name}/${variable.name}`);
+        const entry = c.state.config.get(varKey(component, variable));
         const result = { component, variable };
         if (attributeType) result.attributeType = attributeType;
         if (!entry) return { attributeStatus: 'UnknownVariable', ...result };
+        if (entry.writeOnly) return { attributeStatus: 'Rejected', ...result };
         return { attributeStatus: 'Accepted', attributeValue: entry.value, ...result };
       }),
     }),
     SetVariables: (c, params) => ({
       setVariableResult: params.setVariableData.map(({ component, variable, attributeValue, attributeType }) => {
-        const key = `${component.name}/${variable.name}`;
+        const key = varKey(component, variable);
         const entry = c.state.config.get(key);
         const result = { component, variable };
         if (attributeType) result.attributeType = attributeType;
         if (entry?.readonly) return { attributeStatus: 'Rejected', ...result };
-        c.state.config.set(key, { readonly: false, value: attributeValue });
+        c.state.config.set(key, { readonly: false, writeOnly: entry?.writeOnly, value: attributeValue });
         return { attributeStatus: 'Accepted', ...result };
       }),
     }),
+    GetBaseReport: (c, params) => {
+      const job = ocpp201.sendReport(c, params.requestId).catch(() => {});
+      c.pendingCommands.add(job);
+      job.finally(() => c.pendingCommands.delete(job));
+      return { status: 'Accepted' };
+    },
+    GetTransactionStatus: (c, params) => ({
+      messagesInQueue: false,
+      ...(params.transactionId ? { ongoingIndicator: c.state.transactionId === params.transactionId } : {}),
+    }),
+    CostUpdated: () => ({}),
+    ClearCache: () => ({ status: 'Accepted' }),
     Reset: () => ({ status: 'Accepted' }),
     TriggerMessage: () => ({ status: 'Accepted' }),
     UnlockConnector: () => ({ status: 'Unlocked' }),
@@ -517,6 +582,42 @@ const ocpp201 = {
   scenarios: {
     'connect-only': async (c) => {
       await c.boot();
+    },
+
+    // E01-E07 with an RFID card: Authorize, TransactionEvent Started / Updated / Ended
+    core201: async (c) => {
+      const { connectorId, idTag, meterStart, meterMid, meterStop } = c.opts;
+      const idToken = { idToken: idTag, type: 'ISO14443' };
+      const evse = { id: 1, connectorId };
+      const transactionId = `${c.opts.identity}-${Date.now()}`.slice(0, 36);
+      c.state.transactionId = transactionId;
+      await c.boot();
+      await c.call('Heartbeat', {});
+      await c.call('StatusNotification', ocpp201.status(c, 'Available'));
+      await c.call('Authorize', { idToken });
+      await c.call('StatusNotification', ocpp201.status(c, 'Occupied'));
+      const event = (eventType, triggerReason, transactionInfo, extra) =>
+        c.call('TransactionEvent', {
+          eventType,
+          timestamp: now(),
+          triggerReason,
+          seqNo: c.state.seqNo++,
+          transactionInfo: { transactionId, ...transactionInfo },
+          ...extra,
+        });
+      await event('Started', 'Authorized', { chargingState: 'EVConnected' }, {
+        evse,
+        idToken,
+        meterValue: meter201('Transaction.Begin', meterStart),
+      });
+      await event('Updated', 'ChargingStateChanged', { chargingState: 'Charging' }, {
+        meterValue: meter201('Sample.Periodic', meterMid, 7200),
+      });
+      await event('Ended', 'StopAuthorized', { chargingState: 'EVConnected', stoppedReason: 'Local' }, {
+        idToken,
+        meterValue: meter201('Transaction.End', meterStop),
+      });
+      c.state.transactionId = null;
     },
   },
 };

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-30 15:37:44.612456
+Create Date: 2026-11-30 15:57:34.915372
 """
 from __future__ import annotations
 
@@ -171,6 +171,26 @@ def upgrade() -> None:
     sa.Column('answered_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
+    op.create_table('device_variable',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('charge_point_id', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+    sa.Column('component', sqlmodel.sql.sqltypes.AutoString(length=50), nullable=False),
+    sa.Column('component_instance', sqlmodel.sql.sqltypes.AutoString(length=50), nullable=False),
+    sa.Column('evse_id', sa.Integer(), nullable=False),
+    sa.Column('connector_id', sa.Integer(), nullable=False),
+    sa.Column('variable', sqlmodel.sql.sqltypes.AutoString(length=50), nullable=False),
+    sa.Column('variable_instance', sqlmodel.sql.sqltypes.AutoString(length=50), nullable=False),
+    sa.Column('attribute_type', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('value', sa.Text(), nullable=True),
+    sa.Column('mutability', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('persistent', sa.Boolean(), nullable=True),
+    sa.Column('constant', sa.Boolean(), nullable=True),
+    sa.Column('characteristics', sa.JSON(), nullable=True),
+    sa.Column('request_id', sa.Integer(), nullable=True),
+    sa.Column('updated_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('charge_point_id', 'component', 'component_instance', 'evse_id', 'connector_id', 'variable', 'variable_instance', 'attribute_type', name='uq_device_variable')
+    )
     op.create_table('driver',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
     sa.Column('email', sa.Text(), nullable=False),
@@ -227,6 +247,25 @@ def upgrade() -> None:
     sa.Column('updated_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
+    op.create_table('transaction_event',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('charge_point_id', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+    sa.Column('transaction_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('transaction_pk', sa.Integer(), nullable=True),
+    sa.Column('seq_no', sa.Integer(), nullable=False),
+    sa.Column('event_type', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('trigger_reason', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('offline', sa.Boolean(), nullable=False),
+    sa.Column('timestamp_raw', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('message_id', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('outcome', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('payload', sa.JSON(), nullable=False),
+    sa.Column('received_at', billing.sqltypes.UtcDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('transaction_event', schema=None) as batch_op:
+        batch_op.create_index('ix_transaction_event_cp_tx', ['charge_point_id', 'transaction_id'], unique=False)
+
     op.create_table('charging_session',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('driver_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
@@ -334,6 +373,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_charging_session_driver_id'))
 
     op.drop_table('charging_session')
+    with op.batch_alter_table('transaction_event', schema=None) as batch_op:
+        batch_op.drop_index('ix_transaction_event_cp_tx')
+
+    op.drop_table('transaction_event')
     op.drop_table('tariff')
     with op.batch_alter_table('ocpp_event', schema=None) as batch_op:
         batch_op.drop_index('ix_ocpp_event_cp_kind')
@@ -345,6 +388,7 @@ def downgrade() -> None:
     op.drop_table('meter_sample')
     op.drop_table('id_tag')
     op.drop_table('driver')
+    op.drop_table('device_variable')
     op.drop_table('command')
     op.drop_table('charge_point')
     op.drop_table('billing_webhook_event')
