@@ -94,6 +94,7 @@ class Transaction(SQLModel, table=True):
     __table_args__ = (
         Index("ix_transaction_cp_ocpp", "charge_point_id", "ocpp_id"),
         Index("ix_transaction_status", "status"),
+        Index("ix_transaction_start", "charge_point_id", "connector_id", "started_at_raw"),
     )
 
     id: int | None = Field(
@@ -246,7 +247,10 @@ class ChargingSession(SQLModel, table=True):
     """
 
     __tablename__ = "charging_session"
-    __table_args__ = (Index("ix_session_tag_status", "id_tag", "status"),)
+    __table_args__ = (
+        Index("ix_session_tag_status", "id_tag", "status"),
+        Index("ix_session_cp_connector_status", "charge_point_id", "connector_id", "status"),
+    )
 
     id: int | None = Field(
         default=None,

@@ -417,6 +417,7 @@ def _sample_rows(
     cp_id: str, connector_id: int | None, tx_pk: int | None, samples: list[Sample],
     received: datetime,
 ) -> list[dict[str, Any]]:
+    """``meter_sample`` rows for normalised samples received at ``received``."""
     return [
         {
             "charge_point_id": cp_id,
@@ -1129,26 +1130,5 @@ class ChargingService:
         tx_pk: int | None,
         samples: list[Sample],
     ) -> None:
-        received = utcnow()
-        rows = [
-            {
-                "charge_point_id": cp_id,
-                "connector_id": connector_id,
-                "transaction_pk": tx_pk,
-                "measurand": x.measurand,
-                "phase": x.phase,
-                "location": x.location,
-                "context": x.context,
-                "unit": x.unit,
-                "value": None if x.value is None else float(x.value),
-                "raw_value": x.raw_value,
-                "raw_unit": x.raw_unit,
-                "signed_data": x.signed_data,
-                "timestamp": x.timestamp.value,
-                "timestamp_raw": x.timestamp.raw,
-                "timestamp_trusted": x.timestamp.trusted,
-                "received_at": received,
-            }
-            for x in samples
-        ]
+        rows = _sample_rows(cp_id, connector_id, tx_pk, samples, utcnow())
         await s.execute(insert(MeterSample.__table__), rows)  # type: ignore[attr-defined]
