@@ -53,7 +53,11 @@ class Csms:
             self.db, self.metrics, skew_tolerance_s=settings.clock_skew_tolerance
         )
         self.commands = CommandService(self.registry, self.db, settings.command_timeout)
-        self.v201 = V201Handlers(self.service, settings.heartbeat_interval, self.commands)
+        self.v201 = V201Handlers(
+            self.service, settings.heartbeat_interval, self.commands,
+            provision_on_boot=settings.ocpp201_provision_on_boot,
+            pending_interval=settings.ocpp201_pending_interval,
+        )
         routes = {
             OCPP16: V16Handlers(self.service, settings.heartbeat_interval).routes(),
             OCPP201: self.v201.routes(),

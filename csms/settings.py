@@ -63,6 +63,11 @@ class Settings(BaseModel):
     ocpp_ping_timeout: float | None = Field(default=30.0, gt=0)
     heartbeat_interval: int = Field(default=300, ge=1)
     """Heartbeat interval (seconds) sent in the BootNotification response."""
+    ocpp201_provision_on_boot: bool = False
+    """OCPP 2.0.1 B02: answer a station whose device model is unknown ``Pending`` and fetch it
+    (GetBaseReport) before accepting it."""
+    ocpp201_pending_interval: int = Field(default=10, ge=1)
+    """Seconds before a Pending station boots again (B02)."""
     command_timeout: float = Field(default=30.0, gt=0)
     """How long a CSMS-initiated call waits for the charger's answer (seconds)."""
     clock_skew_tolerance: int = Field(default=600, ge=0)

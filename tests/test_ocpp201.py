@@ -185,10 +185,10 @@ async def test_boot_accepted_rejected_and_heartbeat(server: Server) -> None:
     await cp.close()
 
 
-async def test_boot_pending_until_the_device_model_is_reported(server: Server) -> None:
+async def test_boot_pending_until_the_device_model_is_reported(server_factory: Any) -> None:
     """B02 with B07: a station we know nothing about is Pending while it reports its device
     model; the next boot is Accepted. A station that refuses the report is accepted anyway."""
-    server.app.v201.provision_on_boot = True
+    server: Server = await server_factory(ocpp201_provision_on_boot=True)
     charger = await NodeCharger.start(
         server.ocpp_url, "B02", CP_PASSWORD, "ocpp2.0.1", "connect-only"
     )
