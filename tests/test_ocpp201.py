@@ -701,3 +701,18 @@ async def test_device_model_is_readable_on_the_api(server: Server) -> None:
     status, _ = await server.api("GET", "/api/v1/charge-points/NOPE/device-model")
     assert status == 404
     await cp.close()
+
+
+async def test_malformed_201_fields_get_an_answer_not_internal_error(server: Server) -> None:
+    """Found by a fresh user: evseId 2^70 / "abc" and a non-object chargingStation."""
+    await server.register("BAD201")
+    cp = await RawCharger.open(f"{server.ocpp_url}/BAD201", subprotocols=["ocpp2.0.1"],
+                               headers=basic_auth("BAD201", CP_PASSWORD))
+    for evse in (2**70, "abc", None, [1]):
+        reply = await cp.call("StatusNotification", {
+            "timestamp": "2026-11-30T10:00:00Z", "connectorStatus": "Available",
+            "evseId": evse, "connectorId": 1})
+        assert reply[0] == 3 or reply[2] != "InternalError", reply
+    reply = await cp.call("BootNotification", {"reason": "PowerUp", "chargingStation": "x"})
+    assert reply[0] == 3 or reply[2] != "InternalError", reply
+    await cp.close()

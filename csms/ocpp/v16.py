@@ -103,7 +103,8 @@ def _wire_id(payload: dict[str, Any]) -> str:
         return str(payload.get("transactionId"))
 
 
-def _str(value: Any) -> str | None:
+def text_or_none(value: Any) -> str | None:
+    """``str(value)``, or None for a missing field."""
     return None if value is None else str(value)
 
 
@@ -137,15 +138,15 @@ class V16Handlers:
     async def boot_notification(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         """OCPP 1.6 §4.2: store the station's identity; Accepted with our heartbeat interval."""
         info = BootInfo(
-            vendor=_str(p.get("chargePointVendor")),
-            model=_str(p.get("chargePointModel")),
-            serial_number=_str(p.get("chargePointSerialNumber")),
-            charge_box_serial_number=_str(p.get("chargeBoxSerialNumber")),
-            firmware_version=_str(p.get("firmwareVersion")),
-            iccid=_str(p.get("iccid")),
-            imsi=_str(p.get("imsi")),
-            meter_type=_str(p.get("meterType")),
-            meter_serial_number=_str(p.get("meterSerialNumber")),
+            vendor=text_or_none(p.get("chargePointVendor")),
+            model=text_or_none(p.get("chargePointModel")),
+            serial_number=text_or_none(p.get("chargePointSerialNumber")),
+            charge_box_serial_number=text_or_none(p.get("chargeBoxSerialNumber")),
+            firmware_version=text_or_none(p.get("firmwareVersion")),
+            iccid=text_or_none(p.get("iccid")),
+            imsi=text_or_none(p.get("imsi")),
+            meter_type=text_or_none(p.get("meterType")),
+            meter_serial_number=text_or_none(p.get("meterSerialNumber")),
         )
         status = await self.service.boot(ctx.charge_point_id, info)
         return {
@@ -159,17 +160,17 @@ class V16Handlers:
         (raw text kept)."""
         connector_id = _int(p, "connectorId")
         assert connector_id is not None
-        raw_error = _str(p.get("errorCode"))
+        raw_error = text_or_none(p.get("errorCode"))
         await self.service.status(
             ctx.charge_point_id,
             StatusReport(
                 connector_id=connector_id,
-                status=_str(p.get("status")),
+                status=text_or_none(p.get("status")),
                 error_code=raw_error if raw_error in ERROR_CODES else "OtherError",
                 raw_error_code=raw_error,
-                info=_str(p.get("info")),
-                vendor_id=_str(p.get("vendorId")),
-                vendor_error_code=_str(p.get("vendorErrorCode")),
+                info=text_or_none(p.get("info")),
+                vendor_id=text_or_none(p.get("vendorId")),
+                vendor_error_code=text_or_none(p.get("vendorErrorCode")),
                 timestamp=parse_timestamp(
                     p.get("timestamp"), ctx.received_at, self.service.skew_tolerance_s
                 )
@@ -193,7 +194,7 @@ class V16Handlers:
             ctx.charge_point_id,
             StartRequest(
                 connector_id=_int(p, "connectorId"),
-                id_tag_raw=_str(p.get("idTag")),
+                id_tag_raw=text_or_none(p.get("idTag")),
                 meter_start=_int(p, "meterStart", required=False),
                 timestamp=parse_timestamp(
                     p.get("timestamp"), ctx.received_at, self.service.skew_tolerance_s
@@ -215,12 +216,12 @@ class V16Handlers:
             StopRequest(
                 # any id is acknowledged (an unknown or absurd one becomes an orphan for review)
                 ocpp_id=None if tx_id is None else _wire_id(p),
-                id_tag_raw=_str(p.get("idTag")),
+                id_tag_raw=text_or_none(p.get("idTag")),
                 meter_stop=_int(p, "meterStop", required=False),
                 timestamp=parse_timestamp(
                     p.get("timestamp"), ctx.received_at, self.service.skew_tolerance_s
                 ),
-                reason=_str(p.get("reason")),
+                reason=text_or_none(p.get("reason")),
                 samples=samples,
                 message_id=ctx.message_id,
             ),

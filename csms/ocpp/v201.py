@@ -54,7 +54,7 @@ from csms.ocpp.pricing import (
 )
 from csms.ocpp.rpc import OcppError
 from csms.ocpp.txlog import EventIn, TransactionEventLog, Verdict
-from csms.ocpp.v16 import heartbeat
+from csms.ocpp.v16 import heartbeat, text_or_none
 from csms.service import (
     AuthResult,
     BootInfo,
@@ -107,19 +107,21 @@ def token_tag(token: dict[str, Any] | None) -> str | None:
     return canonical_id_tag(raw)
 
 
-def _str(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _object(value: Any) -> dict[str, Any]:
+    """A nested object field, or {} when a station sent something else (tolerant routes)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _int(value: Any) -> int | None:
+    """A 32-bit integer field (ids, seqNo) tolerating numeric text; None when it is not one."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
-    try:
-        return int(float(str(value)))
-    except (TypeError, ValueError, OverflowError):
-        return None
+    if not isinstance(value, int):
+        try:
+            value = int(float(str(value)))
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return value if -(2**31) <= value < 2**31 else None
 
 
 def _begin_time(ts: ParsedTime, samples: list[Sample]) -> ParsedTime:
@@ -208,19 +210,19 @@ class V201Handlers:
     async def boot_notification(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         """B01 (Accepted), B02 (Pending: provisioning first), B03 (Rejected: unknown station);
         every answer carries the interval to heartbeat or to retry in."""
-        station = p.get("chargingStation") or {}
-        modem = station.get("modem") or {}
+        station = _object(p.get("chargingStation"))
+        modem = _object(station.get("modem"))
         cp_id = ctx.charge_point_id
         status = await self.service.boot(
             cp_id,
             BootInfo(
-                vendor=_str(station.get("vendorName")),
-                model=_str(station.get("model")),
-                serial_number=_str(station.get("serialNumber")),
-                firmware_version=_str(station.get("firmwareVersion")),
-                iccid=_str(modem.get("iccid")),
-                imsi=_str(modem.get("imsi")),
-                reason=_str(p.get("reason")),
+                vendor=text_or_none(station.get("vendorName")),
+                model=text_or_none(station.get("model")),
+                serial_number=text_or_none(station.get("serialNumber")),
+                firmware_version=text_or_none(station.get("firmwareVersion")),
+                iccid=text_or_none(modem.get("iccid")),
+                imsi=text_or_none(modem.get("imsi")),
+                reason=text_or_none(p.get("reason")),
             ),
         )
         interval = self.heartbeat_interval
@@ -261,7 +263,7 @@ class V201Handlers:
             StatusReport(
                 connector_id=_int(p.get("evseId")) or 0,
                 evse_connector_id=_int(p.get("connectorId")) or 0,
-                status=_str(p.get("connectorStatus")),
+                status=text_or_none(p.get("connectorStatus")),
                 timestamp=parse_timestamp(
                     p.get("timestamp"), ctx.received_at, self.service.skew_tolerance_s
                 ),
@@ -341,9 +343,9 @@ class V201Handlers:
             transaction_id=str(info["transactionId"])[:64],
             seq_no=-1 if seq is None else seq,
             event_type=str(p.get("eventType")),
-            trigger_reason=_str(p.get("triggerReason")),
+            trigger_reason=text_or_none(p.get("triggerReason")),
             offline=p.get("offline") is True,
-            timestamp_raw=_str(p.get("timestamp")),
+            timestamp_raw=text_or_none(p.get("timestamp")),
             message_id=ctx.message_id,
             payload=dict(p),
         )
@@ -420,7 +422,7 @@ class V201Handlers:
                 id_tag_raw=tag,
                 meter_stop=None,
                 timestamp=ts,
-                reason=_str(info.get("stoppedReason")) or "Local",
+                reason=text_or_none(info.get("stoppedReason")) or "Local",
                 samples=samples,
                 message_id=ctx.message_id,
             ))
@@ -472,7 +474,7 @@ class V201Handlers:
             if row is None or row.id_tag is not None:
                 return None, None
             row.id_tag = tag
-            row.id_tag_raw = _str((token or {}).get("idToken"))
+            row.id_tag_raw = text_or_none((token or {}).get("idToken"))
             auth = await self.service.authorizer.authorize(s, cp_id, tag)
             if hooks is not None:
                 auth = await hooks.on_start(s, row, auth)
