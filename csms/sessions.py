@@ -122,6 +122,15 @@ class SessionService:
         self.config = config
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        # Which traffic can concern a paid session, so that the hooks skip the database for
+        # everything else (operator tags, chargers without paid sessions: the hot path).
+        # Entries are added before they matter and removed only when certainly stale; until
+        # they are loaded (start), every hook asks the database.
+        self._loaded = False
+        self._paid_tags: set[str] = set()
+        """Drivers' cards and the idTags of open sessions."""
+        self._charging_connectors: set[tuple[str, int]] = set()
+        """(charge point, connector) of sessions that may be charging."""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -133,6 +142,21 @@ class SessionService:
                 s.add(TariffRow(id="default", document=self.config.default_tariff))
 
         await self.db.write(unit)
+
+        async def load(s: AsyncSession) -> None:
+            self._paid_tags.update((await s.execute(select(col(DriverTag.id_tag)))).scalars())
+            rows = await s.execute(
+                select(col(ChargingSession.id_tag), col(ChargingSession.charge_point_id),
+                       col(ChargingSession.connector_id))
+                .where(col(ChargingSession.status).in_(OPEN))
+            )
+            for tag, cp_id, connector_id in rows:
+                self._paid_tags.add(tag)
+                if connector_id is not None:
+                    self._charging_connectors.add((cp_id, connector_id))
+
+        await self.db.read(load)
+        self._loaded = True
         self._loop_task = asyncio.create_task(self._maintenance_forever(), name="sessions")
 
     async def close(self) -> None:
@@ -245,6 +269,8 @@ class SessionService:
         if tag is None or len(tag) > 20:
             raise InvalidRequest("id_tag must be 1-20 characters", field="id_tag")
 
+        self._paid_tags.add(tag)
+
         async def unit(s: AsyncSession) -> None:
             row = await s.get(DriverTag, tag)
             if row is not None and row.driver_id != driver_id:
@@ -311,6 +337,7 @@ class SessionService:
         connector_id: int | None = None,
     ) -> ChargingSession:
         """A new session (status authorizing) with a snapshot of the charge point's tariff."""
+        self._paid_tags.add(id_tag)
         tariff = await self.tariff_for(s, cp_id)
         doc = tariff.document
         row = ChargingSession(
@@ -499,7 +526,7 @@ class SessionService:
 
     async def on_start(self, s: AsyncSession, tx: Transaction, auth: AuthResult) -> AuthResult:
         """In the StartTransaction's unit of work: link the transaction to its session."""
-        if tx.id_tag is None:
+        if tx.id_tag is None or (self._loaded and tx.id_tag not in self._paid_tags):
             return auth
         session = await self._first(
             s,
@@ -518,6 +545,8 @@ class SessionService:
             )
         session.transaction_pk = tx.id
         session.connector_id = tx.connector_id
+        if tx.connector_id is not None:
+            self._charging_connectors.add((tx.charge_point_id, tx.connector_id))
         session.started_at = _billable_start(session, tx)
         if session.status != "authorizing":
             session.status = "charging"
@@ -575,6 +604,8 @@ class SessionService:
         TIME / PARKING_TIME)."""
         if status is None or connector_id == 0:
             return
+        if self._loaded and (cp_id, connector_id) not in self._charging_connectors:
+            return
         session = await self._first(
             s,
             col(ChargingSession.charge_point_id) == cp_id,
@@ -617,6 +648,8 @@ class SessionService:
 
     async def after_stop(self, tx: Transaction) -> None:
         """After the StopTransaction answer: settle through billing."""
+        if tx.connector_id is not None:
+            self._charging_connectors.discard((tx.charge_point_id, tx.connector_id))
         if tx.session_id is not None:
             sid = tx.session_id
             self._spawn(lambda: self._settle(sid), f"settle-{sid}")
