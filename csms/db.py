@@ -54,7 +54,7 @@ def _sqlite_path(url: str) -> str | None:
     return parsed.database
 
 
-def make_engine(url: str, echo: bool = False, inline: bool = True) -> AsyncEngine:
+def make_engine(url: str, echo: bool = False, inline: bool = False) -> AsyncEngine:
     """Create the async engine for ``sqlite+aiosqlite://`` or ``postgresql+asyncpg://`` URLs.
 
     SQLite runs in WAL mode with ``synchronous=NORMAL`` and explicit ``BEGIN`` so that
