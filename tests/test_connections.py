@@ -207,3 +207,21 @@ async def test_profile_3_client_certificate(server_factory: Any, pki: Pki, tmp_p
     cp = await RawCharger.open(url, ssl_context=pki.client_context("sp3"))
     assert (await cp.result("BootNotification", BOOT))["status"] == "Accepted"
     await cp.close()
+
+
+async def test_password_guessing_is_throttled_per_charge_point(server: Server) -> None:
+    """After 5 failed logins in a minute, new passwords are refused (429) without argon2 work;
+    a charger whose password was verified before still gets in; other ids are unaffected."""
+    await server.register("GUESS1")
+    await server.register("OTHER1")
+    url = f"{server.ocpp_url}/GUESS1"
+    cp = await RawCharger.open(url, headers=basic_auth("GUESS1", CP_PASSWORD))
+    await cp.close()
+    statuses = [await refused(url, headers=basic_auth("GUESS1", f"wrong-password-{i:04d}"))
+                for i in range(7)]
+    assert statuses == [401] * 5 + [429] * 2
+    cp = await RawCharger.open(url, headers=basic_auth("GUESS1", CP_PASSWORD))  # known: cached
+    await cp.close()
+    other = await RawCharger.open(f"{server.ocpp_url}/OTHER1",
+                                  headers=basic_auth("OTHER1", CP_PASSWORD))
+    await other.close()

@@ -22,6 +22,8 @@ import hashlib
 import itertools
 import logging
 import ssl
+import time
+from collections import deque
 from datetime import datetime
 from http import HTTPStatus
 from typing import Any
@@ -48,6 +50,17 @@ log = logging.getLogger(__name__)
 _hasher = PasswordHasher()
 SERVER_PREFERENCE = (OCPP201, OCPP16)
 MAX_ID_LENGTH = 48
+MAX_AUTH_FAILURES = 5
+"""Failed (or in-flight) password checks per charge point within the window before new
+passwords are refused unhashed (429)."""
+AUTH_FAILURE_WINDOW = 60.0
+"""Seconds a failed password check counts against its charge point."""
+ARGON2_SLOTS = 2
+"""argon2 verifications running at once (each ~50 ms of CPU and 64 MiB)."""
+
+
+class TooManyAttempts(Exception):
+    """A charge point id is throttled after failed password checks."""
 
 
 def hash_password(password: str) -> str:
@@ -181,6 +194,9 @@ class OcppServer:
         self._seen: dict[str, datetime] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._verified: dict[tuple[str, str], bytes] = {}
+        self._auth_failures: dict[str, deque[float]] = {}
+        self._auth_inflight: dict[str, int] = {}
+        self._argon2_slots = asyncio.Semaphore(ARGON2_SLOTS)
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -334,11 +350,20 @@ class OcppServer:
                     basic=True,
                 )
             username, password = credentials
-            if (
-                username != cp.id
-                or not cp.password_hash
-                or not await self._check_password(cp.id, cp.password_hash, password)
-            ):
+            try:
+                ok = (
+                    username == cp.id
+                    and cp.password_hash is not None
+                    and await self._check_password(cp.id, cp.password_hash, password)
+                )
+            except TooManyAttempts:
+                response = self._refuse(
+                    connection, HTTPStatus.TOO_MANY_REQUESTS,
+                    "too many failed logins for this charge point, retry later",
+                )
+                response.headers["Retry-After"] = str(int(AUTH_FAILURE_WINDOW))
+                return response
+            if not ok:
                 return self._refuse(
                     connection, HTTPStatus.UNAUTHORIZED, "invalid credentials", basic=True
                 )
@@ -346,13 +371,39 @@ class OcppServer:
 
     async def _check_password(self, cp_id: str, password_hash: str, password: str) -> bool:
         """argon2 verification off the event loop; a verified (hash, password) pair is
-        remembered by its SHA-256 so that reconnect storms cost no argon2 work."""
+        remembered by its SHA-256 so that reconnect storms cost no argon2 work.
+
+        Guessing is throttled per charge point: with ``MAX_AUTH_FAILURES`` failures (or
+        attempts in flight) in the last ``AUTH_FAILURE_WINDOW`` seconds, new unknown passwords
+        are refused without hashing; at most ``ARGON2_SLOTS`` verifications run at once.
+
+        Raises:
+            TooManyAttempts: the id is throttled (answered 429 with Retry-After).
+        """
         digest = hashlib.sha256(password.encode()).digest()
         if self._verified.get((cp_id, password_hash)) == digest:
             return True
-        ok = await asyncio.to_thread(verify_password, password_hash, password)
+        now = time.monotonic()
+        recent = self._auth_failures.setdefault(cp_id, deque())
+        while recent and now - recent[0] > AUTH_FAILURE_WINDOW:
+            recent.popleft()
+        if len(recent) + self._auth_inflight.get(cp_id, 0) >= MAX_AUTH_FAILURES:
+            raise TooManyAttempts(cp_id)
+        self._auth_inflight[cp_id] = self._auth_inflight.get(cp_id, 0) + 1
+        try:
+            async with self._argon2_slots:
+                ok = await asyncio.to_thread(verify_password, password_hash, password)
+        finally:
+            self._auth_inflight[cp_id] -= 1
+            if not self._auth_inflight[cp_id]:
+                del self._auth_inflight[cp_id]
         if ok:
             self._verified[(cp_id, password_hash)] = digest
+            recent.clear()
+        else:
+            recent.append(time.monotonic())
+        if not recent:
+            self._auth_failures.pop(cp_id, None)
         return ok
 
     # -- connection -----------------------------------------------------------------------
