@@ -524,10 +524,18 @@ class Billing:
             if state is PaymentState.REQUIRES_ACTION:
                 p.outcome = "not_authorised"
                 p.cancel_requested = True
-                await enqueue(s, kind=OperationKind.CANCEL,
-                              key=session_key(self.prefix, sid, "cancel"), session_id=sid,
-                              params={}, now=now)
+                await self._enqueue_cancel(s, sid, now)
 
+        return await self._write_and_send(unit, sid)
+
+    async def _enqueue_cancel(self, s: AsyncSession, sid: str, now: datetime) -> None:
+        """Queue the release of a session's hold (key ``session:{id}:cancel``)."""
+        await enqueue(s, kind=OperationKind.CANCEL, key=session_key(self.prefix, sid, "cancel"),
+                      session_id=sid, params={}, now=now)
+
+    async def _write_and_send(self, unit: Callable[[AsyncSession], Awaitable[None]],
+                              sid: str) -> PaymentView:
+        """Commit ``unit``, send what it queued for the session, return the payment."""
         await self._db.write(unit)
         await self._run_session(sid)
         view = await self.get_payment(sid)
@@ -560,15 +568,9 @@ class Billing:
             p.outcome = "canceled"
             p.updated_at = now
             if state is not PaymentState.AUTHORISING:
-                await enqueue(s, kind=OperationKind.CANCEL,
-                              key=session_key(self.prefix, sid, "cancel"), session_id=sid,
-                              params={}, now=now)
+                await self._enqueue_cancel(s, sid, now)
 
-        await self._db.write(unit)
-        await self._run_session(sid)
-        view = await self.get_payment(sid)
-        assert view is not None
-        return view
+        return await self._write_and_send(unit, sid)
 
     async def refund(self, session_id: str | int, amount: int | None = None, *,
                      reason: str | None = None,

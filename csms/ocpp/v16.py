@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 from csms.metering import normalise_meter_values
-from csms.ocpp.connection import CallContext, Route
+from csms.ocpp.connection import CallContext, Handler, Route
 from csms.ocpp.rpc import OcppError
 from csms.service import (
     AuthResult,
@@ -88,9 +88,7 @@ def _int(payload: dict[str, Any], key: str, required: bool = True) -> int | None
             return None
     limit = 2**31 if key in ("connectorId", "reservationId") else 2**63
     if not -limit <= number < limit:
-        raise OcppError(
-            "PropertyConstraintViolation", f"{key} is out of range", {"field": key}
-        )
+        raise OcppError("PropertyConstraintViolation", f"{key} is out of range", {"field": key})
     return number
 
 
@@ -106,6 +104,17 @@ def _wire_id(payload: dict[str, Any]) -> str:
 def text_or_none(value: Any) -> str | None:
     """``str(value)``, or None for a missing field."""
     return None if value is None else str(value)
+
+
+def recorder(service: ChargingService, kind: str, answer: dict[str, Any] | None = None) -> Handler:
+    """A handler (both versions) that keeps the message as an operator event of ``kind`` and
+    answers ``answer`` (default ``{}``)."""
+
+    async def handler(ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        await service.record_event(ctx.charge_point_id, kind, dict(p))
+        return dict(answer or {})
+
+    return handler
 
 
 async def heartbeat(ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -130,9 +139,12 @@ class V16Handlers:
             "StartTransaction": Route(self.start_transaction, tolerant=True),
             "StopTransaction": Route(self.stop_transaction, tolerant=True),
             "MeterValues": Route(self.meter_values, tolerant=True),
-            "DataTransfer": Route(self.data_transfer),
-            "DiagnosticsStatusNotification": Route(self.diagnostics_status),
-            "FirmwareStatusNotification": Route(self.firmware_status),
+            # OCPP 1.6 §4.3 (no vendor extension: UnknownVendorId), §4.4, §4.5: recorded
+            "DataTransfer": Route(
+                recorder(self.service, "data_transfer", {"status": "UnknownVendorId"})
+            ),
+            "DiagnosticsStatusNotification": Route(recorder(self.service, "diagnostics_status")),
+            "FirmwareStatusNotification": Route(recorder(self.service, "firmware_status")),
         }
 
     async def boot_notification(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -240,19 +252,4 @@ class V16Handlers:
             None if tx_id is None else str(tx_id),
             samples,
         )
-        return {}
-
-    async def data_transfer(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
-        """OCPP 1.6 §4.3: recorded; we implement no vendor extension (UnknownVendorId)."""
-        await self.service.record_event(ctx.charge_point_id, "data_transfer", dict(p))
-        return {"status": "UnknownVendorId"}
-
-    async def diagnostics_status(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
-        """OCPP 1.6 §4.4."""
-        await self.service.record_event(ctx.charge_point_id, "diagnostics_status", dict(p))
-        return {}
-
-    async def firmware_status(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
-        """OCPP 1.6 §4.5."""
-        await self.service.record_event(ctx.charge_point_id, "firmware_status", dict(p))
         return {}

@@ -41,7 +41,7 @@ from billing.tariff import Cost, parse_tariff
 from csms.errors import CallFailed, NotConnected, NotFound
 from csms.metering import EnergyState, Sample, normalise_meter_values
 from csms.models import ChargingSession, Transaction, utcnow
-from csms.ocpp.connection import CallContext, Handler, Route
+from csms.ocpp.connection import CallContext, Route
 from csms.ocpp.device_model import DeviceModelStore
 from csms.ocpp.pricing import (
     CHARGING_STATE_STATUS,
@@ -54,7 +54,7 @@ from csms.ocpp.pricing import (
 )
 from csms.ocpp.rpc import OcppError
 from csms.ocpp.txlog import EventIn, TransactionEventLog, Verdict
-from csms.ocpp.v16 import heartbeat, text_or_none
+from csms.ocpp.v16 import heartbeat, recorder, text_or_none
 from csms.service import (
     AuthResult,
     BootInfo,
@@ -189,21 +189,14 @@ class V201Handlers:
             "TransactionEvent": Route(self.transaction_event, tolerant=True),
             "MeterValues": Route(self.meter_values, tolerant=True),
             "NotifyReport": Route(self.notify_report),
-            "NotifyEvent": Route(self._recorder("notify_event")),  # N07
+            "NotifyEvent": Route(recorder(self.service, "notify_event")),  # N07
             "SecurityEventNotification": Route(self.security_event),
-            "LogStatusNotification": Route(self._recorder("diagnostics_status")),  # N01
-            "FirmwareStatusNotification": Route(self._recorder("firmware_status")),  # L01
-            "DataTransfer": Route(self._recorder("data_transfer", {"status": "UnknownVendorId"})),
+            "LogStatusNotification": Route(recorder(self.service, "diagnostics_status")),  # N01
+            "FirmwareStatusNotification": Route(recorder(self.service, "firmware_status")),  # L01
+            "DataTransfer": Route(
+                recorder(self.service, "data_transfer", {"status": "UnknownVendorId"})
+            ),
         }
-
-    def _recorder(self, kind: str, answer: dict[str, Any] | None = None) -> Handler:
-        """A handler that keeps the message as an operator event and answers ``answer``."""
-
-        async def handler(ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
-            await self.service.record_event(ctx.charge_point_id, kind, dict(p))
-            return dict(answer or {})
-
-        return handler
 
     # -- provisioning ---------------------------------------------------------------------
 
