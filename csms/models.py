@@ -52,6 +52,9 @@ class ChargePoint(SQLModel, table=True):
     firmware_status: str | None = None
     diagnostics_status: str | None = None
     tariff_id: str | None = None
+    kind: str = Field(default="ocpp", max_length=16)
+    """ocpp (a charger that connects over OCPP) | breaker (a breaker site whose outlets are its
+    connectors, driven by ``csms.breakers``; it never connects over OCPP itself)."""
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
 
 
@@ -340,3 +343,63 @@ class TransactionEventRecord(SQLModel, table=True):
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     """The request exactly as received (signed meter data included)."""
     received_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
+
+
+class Breaker(SQLModel, table=True):
+    """A smart circuit breaker in front of plain outlets (issue 6). Its id is also the id of a
+    ``ChargePoint`` row of kind ``breaker``; its outlets are that charge point's connectors
+    (1..``outlets``), so sessions, tariffs and receipts work as for OCPP connectors.
+
+    ``driver`` is the driver configuration (``breaker.config.build_driver``); secrets are named
+    by environment variable (``password_env``), never stored. The live columns hold the last
+    read: ``state`` closed | open | tripped | offline, ``energy_wh`` (lifetime register, Wh),
+    ``power_w`` (W), ``current_a`` (A), ``voltage_v`` (V).
+    """
+
+    __tablename__ = "breaker"
+
+    id: str = Field(primary_key=True, foreign_key="charge_point.id", max_length=255)
+    driver: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    rated_current_a: int = 16
+    phases: int = 1
+    outlets: int = 1
+    car_full_power_w: int = 100
+    """Below this power for ``car_full_minutes`` the car is full and the session ends."""
+    car_full_minutes: float = 10.0
+    offline_grace_s: float = 60.0
+    """An active session on a breaker offline (or unreadable) this long ends on its last good
+    reading."""
+    state: str = "offline"
+    energy_wh: int | None = Field(default=None, sa_column=Column(BigInteger))
+    power_w: float | None = None
+    current_a: float | None = None
+    voltage_v: float | None = None
+    read_at: datetime | None = _ts()
+    last_good_at: datetime | None = _ts()
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
+
+
+class BreakerAudit(SQLModel, table=True):
+    """Every close/open of a breaker: who (``actor``: ``operator:<token name>`` or
+    ``session:<id>``), when, why, whether forced, and how it ended (``outcome``: confirmed |
+    unconfirmed | unavailable)."""
+
+    __tablename__ = "breaker_audit"
+    __table_args__ = (Index("ix_breaker_audit_breaker", "breaker_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    breaker_id: str = Field(max_length=255)
+    action: str
+    """close | open"""
+    actor: str = Field(max_length=255)
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    forced: bool = False
+    session_id: int | None = None
+    outcome: str = "pending"
+    attempts: int = 0
+    state_after: str | None = None
+    detail: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
+    finished_at: datetime | None = _ts()
