@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from billing.service import Billing
+from csms.breakers import BreakerController
 from csms.commands import CommandService
 from csms.db import Database
 from csms.errors import (
@@ -34,12 +35,15 @@ from csms.errors import (
     Conflict,
     ConnectionLost,
     CsmsError,
+    DeviceNotConfirmed,
+    DeviceUnreachable,
     Forbidden,
     InvalidRequest,
     NotFound,
     PaymentRequired,
     Unavailable,
 )
+from csms.load import LoadManager
 from csms.metering import EnergyState, energy_so_far
 from csms.metrics import Metrics
 from csms.models import (
@@ -53,6 +57,7 @@ from csms.models import (
 )
 from csms.ocpp import rpc
 from csms.ocpp.server import ConnectionRegistry, hash_password
+from csms.operations import OperationsService
 from csms.service import canonical_id_tag
 from csms.sessions import SessionService
 from csms.timestamps import format_utc, parse_timestamp
@@ -71,6 +76,9 @@ class ApiContext:
     admin_token: str | None
     sessions: SessionService
     billing: Billing
+    breakers: BreakerController | None = None
+    operations: OperationsService | None = None
+    load: LoadManager | None = None
 
 
 CTX = web.AppKey("ctx", ApiContext)
@@ -83,6 +91,8 @@ class Principal:
 
     role: str
     subject: str | None = None
+    name: str | None = None
+    """Who, for audit records: ``admin`` (CSMS_ADMIN_TOKEN) or the token's name."""
 
 
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -119,6 +129,8 @@ _STATUS: list[tuple[type[CsmsError], int]] = [
     (Conflict, 409),
     (InvalidRequest, 400),
     (CallTimeout, 504),
+    (DeviceNotConfirmed, 504),
+    (DeviceUnreachable, 502),
     (CallRejected, 502),
     (ConnectionLost, 502),
     (Forbidden, 403),
@@ -176,7 +188,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     ctx = request.app[CTX]
     principal: Principal | None = None
     if ctx.admin_token and hmac.compare_digest(token.encode(), ctx.admin_token.encode()):
-        principal = Principal("operator")
+        principal = Principal("operator", name="admin")
     else:
         digest = hash_token(token)
 
@@ -189,7 +201,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
         row = await ctx.db.read(lookup)
         if row is not None:
-            principal = Principal(row.role, row.subject)
+            principal = Principal(row.role, row.subject, row.name or f"token:{row.id}")
     if principal is None:
         return error_response(401, "unauthenticated", "invalid token", "Authorization")
     request[PRINCIPAL] = principal
@@ -297,6 +309,7 @@ def charge_point_json(
         "charge_box_serial_number": cp.charge_box_serial_number,
         "firmware_version": cp.firmware_version,
         "tariff_id": cp.tariff_id,
+        "kind": cp.kind,
         "connectors": [
             {
                 "connector_id": c.connector_id,

@@ -176,6 +176,7 @@ async def session_json(ctx: ApiContext, row: ChargingSession) -> dict[str, Any]:
         "payment": payment_json(await ctx.billing.get_payment(row.id)),
         "failure_reason": row.failure_reason,
         "stop_reason": row.stop_reason,
+        "queue_position": ctx.sessions.queue_position(row.id) if row.status == "queued" else None,
     }
 
 

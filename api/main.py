@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from api import app as operator_api
-from api import drivers
+from api import breakers, drivers, operations, sites
 from api.app import CTX, ApiContext, auth_middleware, errors_middleware, json_response
 from api.openapi import openapi_document
 from api.stripe_webhook import STRIPE_WEBHOOK_PATH, make_stripe_webhook_handler
@@ -20,6 +20,9 @@ def build_app(ctx: ApiContext) -> web.Application:
     app[CTX] = ctx
     app.add_routes(operator_api.routes)
     app.add_routes(drivers.routes)
+    app.add_routes(breakers.routes)
+    app.add_routes(operations.routes)
+    app.add_routes(sites.routes)
     app.router.add_post(
         STRIPE_WEBHOOK_PATH, make_stripe_webhook_handler(ctx.billing.webhook_processor())
     )

@@ -22,8 +22,10 @@ from billing.models import Operation
 from billing.payments import BelowMinimum, OverHold, SettlePolicy
 from billing.service import Billing
 from billing.stripe_edge import StripeEdge
+from csms.breakers import BreakerController, BreakerSettings, RelayLink
 from csms.commands import CommandService
 from csms.db import Database
+from csms.load import LoadManager, LoadSettings
 from csms.metrics import Metrics
 from csms.migrate import upgrade
 from csms.models import ApiToken
@@ -31,6 +33,7 @@ from csms.ocpp.rpc import OCPP16, OCPP201
 from csms.ocpp.server import ConnectionRegistry, OcppServer
 from csms.ocpp.v16 import V16Handlers
 from csms.ocpp.v201 import V201Handlers
+from csms.operations import OperationsService
 from csms.service import ChargingService
 from csms.sessions import SessionsConfig, SessionService, default_tariff_document
 from csms.settings import Settings
@@ -62,6 +65,7 @@ class Csms:
             OCPP16: V16Handlers(self.service, settings.heartbeat_interval).routes(),
             OCPP201: self.v201.routes(),
         }
+        self.operations = OperationsService(self.db, self.commands, self.service, routes)
         self.ocpp = OcppServer(settings, self.db, self.service, self.metrics, routes, self.registry)
         self.emulator: StripeEmulator | None = None
         self.webhook_secret = settings.stripe_webhook_secret or (
@@ -70,6 +74,8 @@ class Csms:
         self.stripe: StripeEdge | None = None
         self.billing: Billing | None = None
         self.sessions: SessionService | None = None
+        self.breakers: BreakerController | None = None
+        self.load: LoadManager | None = None
         self._runner: web.AppRunner | None = None
         self.api_port: int | None = None
 
@@ -116,6 +122,22 @@ class Csms:
         )
         self.service.hooks = self.sessions
         self.v201.sessions = self.sessions
+        self.breakers = BreakerController(
+            self.db, self.service, self.metrics,
+            BreakerSettings(
+                poll_interval_s=s.breaker_poll_interval,
+                confirm_timeout_s=s.breaker_confirm_timeout,
+                attempts=s.breaker_attempts,
+            ),
+            ocpp_link=RelayLink(self.registry, self.commands, self.service),
+        )
+        self.sessions.outlets = self.breakers
+        self.load = LoadManager(
+            self.db, self.service, self.commands, self.registry, self.breakers, self.metrics,
+            LoadSettings(interval_s=s.load_interval, push_timeout_s=s.load_push_timeout),
+        )
+        self.load.start_queued = self.sessions.start_queued
+        self.sessions.admission = self.load
 
     async def _payment_changed(self, view: object) -> None:
         if self.sessions is not None:
@@ -135,7 +157,7 @@ class Csms:
         self.api = build_app(
             ApiContext(
                 self.db, self.registry, self.commands, self.metrics, self.settings.admin_token,
-                self.sessions, self.billing,
+                self.sessions, self.billing, self.breakers, self.operations, self.load,
             )
         )
         self._runner = web.AppRunner(self.api, access_log=None, handle_signals=False)
@@ -151,6 +173,10 @@ class Csms:
         await self._release_billing_leases()
         await self.billing.start()
         await self.sessions.start()
+        assert self.breakers is not None
+        await self.breakers.start()
+        assert self.load is not None
+        await self.load.start()
 
     async def _release_billing_leases(self) -> None:
         """One server process sends Stripe operations: at start, no other sender can hold a
@@ -192,6 +218,10 @@ class Csms:
             await self._runner.cleanup()
             self._runner = None
         await self.ocpp.stop()
+        if self.load is not None:
+            await self.load.close()
+        if self.breakers is not None:
+            await self.breakers.close()
         if self.sessions is not None:
             await self.sessions.close()
         if self.billing is not None:

@@ -9,6 +9,8 @@ CsmsError
       +-- CallTimeout      no answer within the timeout                  -> 504
       +-- CallRejected     the charger answered a CALLERROR              -> 502
       +-- ConnectionLost   the socket closed while we waited             -> 502
+      +-- DeviceNotConfirmed  a breaker did not confirm a close/open     -> 504
+      +-- DeviceUnreachable   a breaker command could not be delivered   -> 502
 """
 
 from __future__ import annotations
@@ -67,6 +69,18 @@ class ConnectionLost(CallFailed):
     """The websocket closed (or was replaced) before the answer came."""
 
     code = "connection_lost"
+
+
+class DeviceNotConfirmed(CallFailed):
+    """A breaker did not read back the state it was switched to (after the retries)."""
+
+    code = "not_confirmed"
+
+
+class DeviceUnreachable(CallFailed):
+    """A breaker command could not be delivered (broker down, TCP refused, offline)."""
+
+    code = "device_unavailable"
 
 
 class CallRejected(CallFailed):

@@ -13,7 +13,13 @@ class Metrics:
     code | ``timeout``), ``csms_ocpp_call_seconds{action}`` (CSMS-initiated round trip),
     ``csms_ocpp_handle_seconds{action}`` (charger-initiated, persistence included),
     ``csms_ocpp_schema_warnings_total{action}`` (tolerated deviations in billing messages),
-    ``csms_active_transactions``, ``csms_energy_delivered_wh_total``.
+    ``csms_active_transactions``, ``csms_energy_delivered_wh_total``; per breaker
+    ``csms_breaker_state{breaker,state}``, ``csms_breaker_power_watts``,
+    ``csms_breaker_energy_wh``, ``csms_breaker_current_amperes``,
+    ``csms_breaker_driver_errors_total{breaker,kind}`` (kind: offline | unavailable |
+    unconfirmed); per load-managed site ``csms_site_limit_amperes{site}`` (rated current less
+    the safety margin, A), ``csms_site_measured_amperes{site}`` (measured total, A),
+    ``csms_site_queue_length{site}`` (sessions waiting for capacity).
     """
 
     def __init__(self) -> None:
@@ -50,6 +56,42 @@ class Metrics:
         )
         self.active_transactions = Gauge(
             "csms_active_transactions", "Transactions started and not yet stopped", registry=r
+        )
+        self.breaker_state = Gauge(
+            "csms_breaker_state",
+            "1 for the state each breaker was last read in (closed/open/tripped/offline)",
+            ["breaker", "state"],
+            registry=r,
+        )
+        self.breaker_power = Gauge(
+            "csms_breaker_power_watts", "Last power read from each breaker (W)", ["breaker"],
+            registry=r,
+        )
+        self.breaker_energy = Gauge(
+            "csms_breaker_energy_wh", "Last energy register read from each breaker (Wh)",
+            ["breaker"], registry=r,
+        )
+        self.breaker_current = Gauge(
+            "csms_breaker_current_amperes", "Last current read from each breaker (A)",
+            ["breaker"], registry=r,
+        )
+        self.breaker_errors = Counter(
+            "csms_breaker_driver_errors_total",
+            "Breaker driver errors: unreachable reads, undelivered or unconfirmed commands",
+            ["breaker", "kind"],
+            registry=r,
+        )
+        self.site_limit = Gauge(
+            "csms_site_limit_amperes", "Current a site may draw: rating less margin (A)",
+            ["site"], registry=r,
+        )
+        self.site_measured = Gauge(
+            "csms_site_measured_amperes", "Measured total current of a site (A)", ["site"],
+            registry=r,
+        )
+        self.site_queue = Gauge(
+            "csms_site_queue_length", "Sessions waiting for capacity on a site", ["site"],
+            registry=r,
         )
         self.energy_delivered = Counter(
             "csms_energy_delivered_wh_total", "Energy of completed transactions (Wh)", registry=r

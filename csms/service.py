@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -502,6 +502,20 @@ class ChargingService:
         self.hooks: SessionHooks | None = None
         self._active: dict[tuple[str, str], _Active] = {}
         self._relative: dict[str, bool | None] = {}
+        self.watchers: dict[
+            str, dict[object, Callable[[int | None, str | None, list[Sample] | None], None]]]
+        self.watchers = {}
+        """Charge points whose statuses and meter values other components follow (an OCPP
+        relay that is a breaker's driver, the site load manager): ``watchers[cp][owner]`` is
+        called with (connector id, status, samples) after the message is stored; one entry
+        per owner, so watching again replaces instead of adding."""
+        self.start_listeners: list[
+            Callable[[str, StartRequest, StartResult], Awaitable[None]]] = []
+        """Called with (charge point, request, result) after a new transaction start is stored
+        and before the charger is answered (``csms.operations`` marks a reservation Used)."""
+        self.stop_listeners: list[Callable[[str, StopResult], Awaitable[None]]] = []
+        """Called with (charge point, result) after a transaction was finalised and stored
+        (outcome completed), after the session hooks (``csms.load`` frees the capacity)."""
         # Other code (hooks, 2.0.1 event log, ORM paths) writes transactions and charge points
         # through the ORM: forget what we keep of those rows (reloaded on next use).
         db.watch(Transaction, self._transactions_written)
@@ -620,6 +634,9 @@ class ChargingService:
                 )
 
         await self.db.write_batch(unit)
+        if self.watchers and (watchers := self.watchers.get(cp_id)):
+            for watcher in tuple(watchers.values()):
+                watcher(report.connector_id, report.status, None)
 
     async def record_event(
         self, cp_id: str, kind: str, detail: dict[str, Any], transaction_pk: int | None = None
@@ -754,6 +771,8 @@ class ChargingService:
             self.metrics.active_transactions.inc()
             if self.hooks is not None and result.transaction is not None:
                 await self.hooks.after_start(result.transaction)
+            for listener in self.start_listeners:
+                await listener(cp_id, req, result)
         return result
 
     @staticmethod
@@ -804,6 +823,9 @@ class ChargingService:
             return result
 
         energy, tx_pk, session_id = await self.db.write_batch(unit)
+        if self.watchers and (watchers := self.watchers.get(cp_id)):
+            for watcher in tuple(watchers.values()):
+                watcher(connector_id, None, samples)
         if session_id is not None and tx_pk is not None and self.hooks is not None:
             await self.hooks.after_meter(tx_pk, session_id, energy)
         return energy
@@ -862,6 +884,8 @@ class ChargingService:
             self.metrics.energy_delivered.inc(max(result.energy_wh or 0, 0))
             if self.hooks is not None and tx is not None:
                 await self.hooks.after_stop(tx)
+            for stopped in self.stop_listeners:
+                await stopped(cp_id, result)
         return result
 
     async def _stop_other(

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -52,6 +52,7 @@ from csms.db import Database
 from csms.errors import (
     CallFailed,
     Conflict,
+    CsmsError,
     InvalidRequest,
     NotConnected,
     NotFound,
@@ -74,7 +75,8 @@ from csms.service import AuthResult, canonical_id_tag
 log = logging.getLogger(__name__)
 
 WAITING = ("authorizing", "starting", "authorized")
-OPEN = (*WAITING, "charging")
+OPEN = (*WAITING, "queued", "charging")
+"""``queued``: held, waiting for capacity on its site (``csms.load``); not yet started."""
 PARKING_STATUSES = frozenset({"SuspendedEV", "SuspendedEVSE", "Finishing"})
 CHARGING_STATUSES = frozenset({"Charging"})
 ENERGY_REGISTER = "Energy.Active.Import.Register"
@@ -104,6 +106,50 @@ class SessionsConfig:
     maintenance_interval_s: float = 5.0
 
 
+class OutletControl(Protocol):
+    """Outlets switched by the CSMS itself (breakers, ``csms.breakers``) instead of a charger
+    that speaks OCPP: the session layer starts and stops them through this."""
+
+    def handles(self, cp_id: str) -> bool:
+        """True if ``cp_id`` is such a site."""
+        ...
+
+    def check_ready(self, cp_id: str, connector_id: int) -> None:
+        """Raise NotFound / NotConnected / Conflict unless a session can start there."""
+        ...
+
+    async def start_outlet(
+        self, cp_id: str, connector_id: int, id_tag: str, session_id: int
+    ) -> None:
+        """Power the outlet and record the transaction start (raises CallFailed)."""
+        ...
+
+    async def stop_outlet(self, cp_id: str, ocpp_id: str, reason: str,
+                          actor: str | None = None) -> None:
+        """Cut the outlet and record the stop with the final reading."""
+        ...
+
+
+class Admission(Protocol):
+    """Site load management (``csms.load``): may a session start now, or must it wait for
+    capacity? The manager starts a queued session later through
+    :meth:`SessionService.start_queued`."""
+
+    async def admit(self, session_id: int, cp_id: str, connector_id: int,
+                    on_queued: Callable[[], Awaitable[None]]) -> bool:
+        """True: capacity is reserved, start now. False: queued (``on_queued`` was awaited
+        before anything could dequeue it). Raises Conflict when it can never fit."""
+        ...
+
+    def release(self, session_id: int) -> None:
+        """The session will not start (failed, stopped while queued): free its place."""
+        ...
+
+    def queue_position(self, session_id: int) -> int | None:
+        """1-based place in its site's queue; None when not queued."""
+        ...
+
+
 def _new_remote_tag() -> str:
     """A one-off idTag for a RemoteStartTransaction: ``APP`` + 12 hex digits (15 <= 20 chars,
     OCPP 1.6 CiString20)."""
@@ -118,6 +164,10 @@ class SessionService:
     ) -> None:
         self.db = db
         self.billing = billing
+        self.outlets: OutletControl | None = None
+        """Breaker outlets (set by the composition root)."""
+        self.admission: Admission | None = None
+        """Site load management (set by the composition root)."""
         self.commands = commands
         self.config = config
         self._tasks: set[asyncio.Task[None]] = set()
@@ -212,6 +262,7 @@ class SessionService:
                         select(col(ChargingSession.id)).where(
                             col(ChargingSession.status).in_(WAITING),
                             col(ChargingSession.created_at) < cutoff,
+                            col(ChargingSession.updated_at) < cutoff,  # left a queue lately
                         )
                     )
                 ).scalars()
@@ -379,7 +430,11 @@ class SessionService:
             PaymentRequired: no card, or the hold was declined (nothing is sent to the charger).
             Unavailable: Stripe did not answer.
         """
-        if self.commands.registry.get(cp_id) is None:
+        outlet = self.outlets is not None and self.outlets.handles(cp_id)
+        if outlet:
+            assert self.outlets is not None
+            self.outlets.check_ready(cp_id, connector_id)
+        elif self.commands.registry.get(cp_id) is None:
             exists = await self.db.read(lambda s: s.get(ChargePoint, cp_id))
             if exists is None:
                 raise NotFound(f"unknown charge point {cp_id!r}", field="charge_point_id")
@@ -406,8 +461,60 @@ class SessionService:
         sid = session.id
         await self._hold_or_raise(session)
         await self._set(sid, status="starting")
+        if self.admission is not None and not await self._admitted(sid, cp_id, connector_id):
+            return await self.get(sid)
+        return await self._begin_start(sid, cp_id, connector_id, session.id_tag, outlet)
+
+    async def _admitted(self, sid: int, cp_id: str, connector_id: int) -> bool:
+        """Ask site load management; False: the session is now ``queued`` (or failed)."""
+        assert self.admission is not None
         try:
-            status = await self.commands.remote_start(cp_id, connector_id, session.id_tag, sid)
+            return await self.admission.admit(
+                sid, cp_id, connector_id, lambda: self._set(sid, status="queued"))
+        except Conflict as exc:
+            await self._fail(sid, exc.message)
+            return False
+
+    async def start_queued(self, session_id: int) -> None:
+        """Capacity freed for a queued session (called by ``csms.load``): start it the normal
+        way (RemoteStart or closing the breaker). Stopped meanwhile: nothing happens."""
+
+        async def take(s: AsyncSession) -> ChargingSession | None:
+            row = await s.get(ChargingSession, session_id)
+            if row is None or row.status != "queued":
+                return None
+            row.status = "starting"
+            row.updated_at = utcnow()
+            return row
+
+        row = await self.db.write(take)
+        if row is None or row.connector_id is None:
+            if self.admission is not None:
+                self.admission.release(session_id)
+            return
+        outlet = self.outlets is not None and self.outlets.handles(row.charge_point_id)
+        try:
+            if outlet:
+                assert self.outlets is not None
+                self.outlets.check_ready(row.charge_point_id, row.connector_id)
+            await self._begin_start(session_id, row.charge_point_id, row.connector_id,
+                                    row.id_tag, outlet)
+        except CsmsError as exc:
+            await self._fail(session_id, f"could not start after the queue: {exc.message}")
+
+    async def _begin_start(self, sid: int, cp_id: str, connector_id: int, id_tag: str,
+                           outlet: bool) -> ChargingSession:
+        """Close the breaker, or send RemoteStartTransaction; failed (hold released) when
+        that does not work."""
+        if outlet:
+            assert self.outlets is not None
+            try:
+                await self.outlets.start_outlet(cp_id, connector_id, id_tag, sid)
+            except (CallFailed, Conflict) as exc:
+                return await self._fail(sid, f"the breaker did not close: {exc.message}")
+            return await self.get(sid)
+        try:
+            status = await self.commands.remote_start(cp_id, connector_id, id_tag, sid)
         except CallFailed as exc:
             return await self._fail(sid, f"the charger did not accept the start: {exc.message}")
         if status != "Accepted":
@@ -449,7 +556,7 @@ class SessionService:
             Conflict: the session is not charging.
         """
         session = await self.get(session_id, driver_id)
-        if session.status in WAITING:
+        if session.status in WAITING or session.status == "queued":
             return await self._fail(session_id, "stopped before charging started")
         if session.status != "charging" or session.transaction_pk is None:
             raise Conflict(f"the session is {session.status}", field="status")
@@ -460,6 +567,11 @@ class SessionService:
     async def _remote_stop(self, session: ChargingSession) -> None:
         tx = await self.db.read(lambda s: s.get(Transaction, session.transaction_pk))
         if tx is None or tx.ocpp_id is None:
+            return
+        if self.outlets is not None and self.outlets.handles(session.charge_point_id):
+            await self.outlets.stop_outlet(
+                session.charge_point_id, tx.ocpp_id, session.stop_reason or "remote"
+            )
             return
         try:
             status = await self.commands.remote_stop(session.charge_point_id, tx.ocpp_id)
@@ -758,6 +870,8 @@ class SessionService:
     async def _fail(self, session_id: int, reason: str) -> ChargingSession:
         """Fail a session that never charged and release its hold."""
         await self._set(session_id, status="failed", failure_reason=reason)
+        if self.admission is not None:
+            self.admission.release(session_id)
         try:
             await self.billing.cancel(session_id)
         except BillingError as exc:
@@ -783,6 +897,10 @@ class SessionService:
         if row is None or (driver_id is not None and row.driver_id != driver_id):
             raise NotFound(f"no session {session_id}", field="id")
         return row
+
+    def queue_position(self, session_id: int) -> int | None:
+        """1-based place of a queued session in its site's queue (None: not queued)."""
+        return None if self.admission is None else self.admission.queue_position(session_id)
 
     async def list_for(self, driver_id: str | None, limit: int = 100) -> list[ChargingSession]:
         """Sessions, newest first (one driver's, or all for operators)."""

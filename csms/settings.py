@@ -101,6 +101,18 @@ class Settings(BaseModel):
     """A cost below Stripe's minimum charge: cancel the hold, or collect the minimum."""
     session_start_timeout: float = Field(default=120.0, gt=0)
     """Seconds a paid session waits for the charger's StartTransaction before failing."""
+    breaker_poll_interval: float = Field(default=1.0, gt=0, le=3600)
+    """Seconds between two reads of each breaker (state and meter; docs/breakers.md)."""
+    breaker_confirm_timeout: float = Field(default=5.0, gt=0, le=600)
+    """Seconds a breaker close/open waits to be confirmed by reading the state back."""
+    breaker_attempts: int = Field(default=3, ge=1, le=10)
+    """Commands sent (the first + retries) before a close/open is reported unconfirmed."""
+    load_interval: float = Field(default=1.0, gt=0, le=3600)
+    """Seconds between two load-management passes over each site (measured current against
+    the limit; profiles re-pushed where they changed; docs/load-management.md). A session
+    start or stop, or a measured overshoot, triggers a pass at once."""
+    load_push_timeout: float = Field(default=5.0, gt=0, le=300)
+    """Seconds load management waits for a charger to answer a SetChargingProfile."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -300,6 +300,11 @@ class OcppServer:
                     connection, HTTPStatus.NOT_FOUND, f"unknown charge point {identity!r}"
                 )
             cp = await self._auto_register(identity)
+        if cp.kind != "ocpp":
+            return self._refuse(
+                connection, HTTPStatus.NOT_FOUND,
+                f"{identity!r} is a {cp.kind} site, not an OCPP charge point",
+            )
         refusal = await self._authenticate(connection, cp, credentials)
         if refusal is not None:
             return refusal
