@@ -71,7 +71,7 @@ async def put_breaker(request: web.Request) -> web.Response:
 async def list_breakers(request: web.Request) -> web.Response:
     """Every breaker with its live state and last readings."""
     require_operator(request)
-    return json_response({"items": _controller(request).list()})
+    return json_response({"items": _controller(request).list_all()})
 
 
 @routes.get("/api/v1/breakers/{id}")

@@ -371,6 +371,7 @@ async def receipt_json(ctx: ApiContext, row: ChargingSession) -> dict[str, Any]:
         "started_at": row.started_at,
         "stopped_at": row.stopped_at,
         "duration_seconds": duration,
+        "stop_reason": row.stop_reason,
         "energy_wh": row.energy_wh,
         "currency": row.currency,
         "lines": cost.get("lines", []),

@@ -58,6 +58,7 @@ from breaker.modbus import (
     BitSpec,
     RegisterSpec,
 )
+from breaker.mqtt import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +185,7 @@ class _MqttDevice:
     async def _cancel(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await task
+            await cancel_and_wait(task)
         self._client = None
         self._ready.clear()
 

@@ -224,7 +224,8 @@ class ModbusBreaker(BreakerDriver):
             )
         if not self._client.connected:
             try:
-                ok = await asyncio.wait_for(self._client.connect(), s.timeout_s + 1)
+                async with asyncio.timeout(s.timeout_s + 1):
+                    ok = await self._client.connect()
             except (TimeoutError, OSError, ModbusException) as exc:
                 ok = False
                 log.debug("modbus connect failed: %r", exc)
@@ -235,7 +236,8 @@ class ModbusBreaker(BreakerDriver):
     async def _call(self, what: str, request: Any) -> Any:
         """Await one pymodbus request; failures become :class:`_Offline`."""
         try:
-            response = await asyncio.wait_for(request, self.settings.timeout_s + 1)
+            async with asyncio.timeout(self.settings.timeout_s + 1):
+                response = await request
         except (TimeoutError, OSError, ModbusException) as exc:
             if self._client is not None:
                 self._client.close()  # a half-open connection: start afresh next time

@@ -384,6 +384,20 @@ def plan_for(settings: MqttSettings) -> MqttPlan:
     )
 
 
+async def cancel_and_wait(task: asyncio.Task[Any], retry_s: float = 1.0) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling again every ``retry_s`` seconds.
+
+    On Python 3.11 ``asyncio.wait_for`` (used inside aiomqtt) can swallow a cancellation that
+    arrives just as its inner future completes (CPython gh-86296, fixed in 3.12); a single
+    ``cancel()`` may then leave a session loop running. Exceptions of the task are dropped.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=retry_s)
+    if not task.cancelled():
+        task.exception()  # retrieve it: no "exception was never retrieved" warning
+
+
 _MISSING = object()
 
 
@@ -524,16 +538,15 @@ class MqttBreaker(BreakerDriver):
         if self._connected.is_set():
             return True
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._connected.wait()
         return self._connected.is_set()
 
     async def disconnect(self) -> None:
         """Stop the session task. Idempotent."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task)
         self._set_disconnected()
 
     async def close(self) -> None:

@@ -46,6 +46,11 @@ class SimulatorSettings(BaseModel):
     """Time factor: energy accrues ``power_w * elapsed_s * speed / 3600`` Wh."""
     start_energy_wh: int = Field(default=0, ge=0)
     """The lifetime register at start, Wh."""
+    car_battery_wh: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    """A simulated car behind the outlet: after drawing this many Wh during one closed
+    period its battery is full and the load drops to 0 W (demos of the car-full stop)."""
+    stuck: bool = False
+    """Commands are accepted but the contacts never move (tests of unconfirmed switching)."""
 
 
 def _exact(value: float) -> Fraction:
@@ -84,6 +89,10 @@ class SimulatedBreaker(BreakerDriver):
         self._relay_on = False
         self._trip: str | None = None
         self._offline = False
+        self._stuck = self.settings.stuck
+        self._battery_wh = (
+            None if self.settings.car_battery_wh is None else Fraction(self.settings.car_battery_wh)
+        )
         self._last = clock()
 
     # -- what a test or demo drives -------------------------------------------------------
@@ -105,6 +114,11 @@ class SimulatedBreaker(BreakerDriver):
         :class:`DriverUnavailable`) or reachable again. The meter keeps running meanwhile."""
         self._accrue()
         self._offline = offline
+
+    def set_stuck(self, stuck: bool) -> None:
+        """Make the contacts ignore commands (they are still accepted) or obey again."""
+        self._accrue()
+        self._stuck = stuck
 
     def set_load(self, power_w: float) -> None:
         """Change the load drawn while closed, W (e.g. 0 when the car is full)."""
@@ -156,7 +170,8 @@ class SimulatedBreaker(BreakerDriver):
             state = BreakerState.TRIPPED
         else:
             state = BreakerState.CLOSED if self._relay_on else BreakerState.OPEN
-        power = float(self._power_w) if self._relay_on else 0.0
+        full = self._battery_wh is not None and self._battery_wh <= 0
+        power = float(self._power_w) if self._relay_on and not full else 0.0
         return Reading(
             state=state,
             energy_wh=math.floor(self._energy_wh),
@@ -175,6 +190,10 @@ class SimulatedBreaker(BreakerDriver):
             raise DriverUnavailable("simulated device offline")
         if on and self._trip is not None:
             return  # a tripped breaker must be reset by hand before it closes
+        if self._stuck:
+            return
+        if on and not self._relay_on and self.settings.car_battery_wh is not None:
+            self._battery_wh = Fraction(self.settings.car_battery_wh)  # a new car plugged in
         self._relay_on = on
 
     def _accrue(self) -> None:
@@ -182,4 +201,8 @@ class SimulatedBreaker(BreakerDriver):
         elapsed = _exact(now) - _exact(self._last)
         self._last = now
         if self._relay_on and elapsed > 0:
-            self._energy_wh += self._power_w * elapsed * self._speed / 3600
+            delta = self._power_w * elapsed * self._speed / 3600
+            if self._battery_wh is not None:
+                delta = min(delta, self._battery_wh)
+                self._battery_wh -= delta
+            self._energy_wh += delta

@@ -36,14 +36,14 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from breaker.config import build_driver, validate_config
-from breaker.control import SwitchResult, switch
-from breaker.ocpp_relay import OcppLink, RelaySnapshot
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from breaker.config import build_driver, validate_config
+from breaker.control import SwitchResult, switch
 from breaker.driver import BreakerDriver, BreakerState, ConfigError, Reading
+from breaker.ocpp_relay import OcppLink, RelaySnapshot
 from csms.commands import CommandService
 from csms.db import Database
 from csms.errors import (
@@ -214,6 +214,23 @@ class RelayLink:
         """Follow ``cp_id``'s StatusNotification and MeterValues from now on."""
         self.service.watchers.setdefault(cp_id, {})[self] = partial(self._observe, cp_id)
 
+    async def seed(self, db: Database, cp_id: str) -> None:
+        """Start from the statuses already stored (a relay connected before it was
+        configured as a breaker's driver)."""
+
+        async def fn(s: AsyncSession) -> list[Connector]:
+            return list((await s.execute(
+                select(Connector).where(col(Connector.charge_point_id) == cp_id)
+            )).scalars())
+
+        for c in await db.read(fn):
+            key = (cp_id, c.connector_id)
+            if key not in self._snapshots and c.status is not None:
+                self._snapshots[key] = RelaySnapshot(
+                    status=c.status, energy_wh=None, power_w=None, current_a=None,
+                    voltage_v=None, at=c.updated_at,
+                )
+
     def connected(self, cp_id: str) -> bool:
         """True while the relay has an open websocket."""
         return self.registry.get(cp_id) is not None
@@ -307,6 +324,9 @@ class BreakerController:
             return None
 
     async def _activate(self, live: _Live) -> None:
+        relay = live.row.driver.get("charge_point_id")
+        if live.row.driver.get("type") == "ocpp" and isinstance(self.ocpp_link, RelayLink):
+            await self.ocpp_link.seed(self.db, str(relay))
         if live.driver is None:
             live.error = "bad driver configuration"
         else:
@@ -428,7 +448,7 @@ class BreakerController:
         """One breaker's API shape. Raises NotFound."""
         return breaker_json(self._get(breaker_id))
 
-    def list(self) -> list[dict[str, Any]]:
+    def list_all(self) -> list[dict[str, Any]]:
         """Every breaker's API shape, by id."""
         return [breaker_json(self._live[k]) for k in sorted(self._live)]
 

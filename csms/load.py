@@ -68,8 +68,12 @@ MAX_PROFILE_ID = 90_999
 TX_STACK_LEVEL = 1
 MAX_STACK_LEVEL = 0
 DEBOUNCE_S = 0.05
-"""A pass triggered by an event waits this long (seconds) so that a burst of starts is one
-pass, and a charger has its StartTransaction answer before the TxProfile that names it."""
+"""A pass triggered by an event waits this long (seconds), so that a burst of starts is one
+pass."""
+TX_SETTLE_S = 0.25
+"""A new transaction gets its TxProfile this long (seconds) after its start was stored: the
+charger must have the StartTransaction answer (its transactionId) first, or it rejects a
+profile naming it. Until then an admitted charger is held by its start cap."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,13 @@ class _Entry:
     tx_pk: int | None = None
     ocpp_id: str | None = None
     measured_a: Decimal | None = None
+    measured_at: float = 0.0
+    lowered_to: Decimal | None = None
+    """The last decrease the charger accepted, A, and when (monotonic seconds): a sample
+    older than that is known to be stale for control (it is still reported as measured)."""
+    lowered_at: float = 0.0
+    tx_at: float = 0.0
+    """When the transaction start was stored (monotonic seconds)."""
     since: float = field(default_factory=time.monotonic)
 
 
@@ -473,8 +484,9 @@ class LoadManager:
             entry = st.running[key] = _Entry(key, cp_id, conn, self._kind(cp_id), session_id)
         entry.tx_pk, entry.ocpp_id = result.transaction_pk, result.ocpp_id
         entry.session_id = entry.session_id or session_id
+        entry.tx_at = time.monotonic()
         st.tx_pushed.pop(key, None)
-        self._wake.set()
+        asyncio.get_running_loop().call_later(TX_SETTLE_S + 0.01, self._wake.set)
 
     async def _on_stop(self, cp_id: str, result: StopResult) -> None:
         """A transaction was finalised: its capacity is free."""
@@ -501,8 +513,8 @@ class LoadManager:
         entry = st.running.get(_key(cp_id, connector_id or 1))
         if entry is None:
             return
-        entry.measured_a = current
-        if self._measure(st) > st.limit_a:
+        entry.measured_a, entry.measured_at = current, time.monotonic()
+        if self._measure(st, control=True) > st.limit_a:
             self._wake.set()  # overshoot: react now, not at the next tick
 
     # -- the pass ---------------------------------------------------------------------------
@@ -537,10 +549,18 @@ class LoadManager:
             return None
         return Decimal(str(round(r.current_a, 3)))
 
-    def _measure(self, st: _SiteState) -> Decimal:
+    def _measure(self, st: _SiteState, control: bool = False) -> Decimal:
         """The measured total, A: last Current.Import of running chargers plus the current
-        of closed member breakers."""
-        return sum((self._measured(st, e) or ZERO for e in st.running.values()), ZERO)
+        of closed member breakers. ``control``: a charger's sample taken before it accepted
+        a lower limit counts at most that limit (it is known to be stale; the next sample,
+        one metering interval later, shows whether the charger followed)."""
+        total = ZERO
+        for e in st.running.values():
+            value = self._measured(st, e) or ZERO
+            if control and e.lowered_to is not None and e.measured_at < e.lowered_at:
+                value = min(value, e.lowered_to)
+            total += value
+        return total
 
     def _demands(self, st: _SiteState) -> list[Demand]:
         min_a = Decimal(str(st.site.min_current_a))
@@ -561,7 +581,8 @@ class LoadManager:
     async def _pass(self, st: _SiteState, fresh: str | None = None) -> Allocation:
         """Measure, trim, allocate, push; queued sessions that fit move to ``running``
         (``fresh``: the one being admitted right now, whose start the caller makes)."""
-        measured = st.measured_a = self._measure(st)
+        st.measured_a = self._measure(st)
+        measured = self._measure(st, control=True)
         limit = st.limit_a
         if measured > limit:
             st.trim_a = min(limit, st.trim_a + measured - limit)
@@ -594,28 +615,28 @@ class LoadManager:
 
     async def _push(self, st: _SiteState, alloc: Allocation) -> None:
         """Send what changed: decreases first (all answered), then increases."""
-        down: list[Callable[[], Awaitable[None]]] = []
-        up: list[Callable[[], Awaitable[None]]] = []
-        starting: dict[str, Decimal] = {}
+        down: list[Callable[[], Awaitable[bool]]] = []
+        up: list[Callable[[], Awaitable[bool]]] = []
         for e in st.running.values():
-            if e.kind != "charger":
+            if e.kind != "charger" or e.tx_pk is None:
                 continue
             amps = alloc.amps.get(e.key, ZERO)
-            if e.tx_pk is None:
-                starting[e.cp_id] = starting.get(e.cp_id, ZERO) + amps
-                continue
             old = st.tx_pushed.get(e.key)
             if old is not None and abs(old - amps) < STEP:
                 continue
+            if old is None and time.monotonic() - e.tx_at < TX_SETTLE_S:
+                continue  # the charger may not know its transactionId yet
             job = partial(self._push_tx, st, e, amps)
             (up if old is not None and amps > old else down).append(job)
         for cp_id, member in st.members.items():
             if self._kind(cp_id) != "charger":
                 continue
             running = [e for e in st.running.values() if e.cp_id == cp_id]
-            if cp_id in starting:  # a start is coming: cap the whole charger at its share
+            if any(e.tx_pk is None or e.key not in st.tx_pushed for e in running):
+                # a start is coming, or a transaction has no TxProfile yet: the whole charger
+                # is held at its share by the charge-point-wide cap
                 want = sum((alloc.amps.get(e.key, ZERO) for e in running), ZERO)
-            elif cp_id in st.max_pushed and all(e.key in st.tx_pushed for e in running):
+            elif cp_id in st.max_pushed:
                 want = member.max_a  # every transaction has its TxProfile: lift the cap
             else:
                 continue
@@ -624,10 +645,12 @@ class LoadManager:
                 continue
             job = partial(self._push_max, st, cp_id, want)  # no cap yet: a decrease
             (up if old is not None and want > old else down).append(job)
-        if down:
-            await asyncio.gather(*(job() for job in down))
-        if up:
-            await asyncio.gather(*(job() for job in up))
+        done = await asyncio.gather(*(job() for job in down))
+        if not all(done):
+            log.warning("site %s: a decrease was not accepted: increases wait for the next "
+                        "pass", st.site.id)
+            return
+        await asyncio.gather(*(job() for job in up))
 
     def _schedule(self, st: _SiteState, amps: Decimal, version: str) -> dict[str, Any]:
         period: dict[str, Any] = {"startPeriod": 0, "limit": float(amps),
@@ -651,7 +674,7 @@ class LoadManager:
             return False
         return True
 
-    async def _push_tx(self, st: _SiteState, e: _Entry, amps: Decimal) -> None:
+    async def _push_tx(self, st: _SiteState, e: _Entry, amps: Decimal) -> bool:
         """TxProfile for a running transaction (1.6 §5.16 / 2.0.1 K01)."""
         conn = self.registry.get(e.cp_id)
         version = conn.version if conn is not None else rpc.OCPP16
@@ -670,10 +693,16 @@ class LoadManager:
         else:
             profile["transactionId"] = int(e.ocpp_id or 0)
             payload = {"connectorId": e.connector_id, "csChargingProfiles": profile}
-        if await self._send(e.cp_id, payload) and st.running.get(e.key) is e:
+        if not await self._send(e.cp_id, payload):
+            return False
+        if st.running.get(e.key) is e:
+            old = st.tx_pushed.get(e.key)
             st.tx_pushed[e.key] = amps
+            if old is None or amps < old:
+                e.lowered_to, e.lowered_at = amps, time.monotonic()
+        return True
 
-    async def _push_max(self, st: _SiteState, cp_id: str, amps: Decimal) -> None:
+    async def _push_max(self, st: _SiteState, cp_id: str, amps: Decimal) -> bool:
         """ChargePointMaxProfile (1.6) / ChargingStationMaxProfile (2.0.1) on connector 0."""
         conn = self.registry.get(cp_id)
         version = conn.version if conn is not None else rpc.OCPP16
@@ -691,5 +720,7 @@ class LoadManager:
             profile.update(chargingProfileId=MAX_PROFILE_ID,
                            chargingProfilePurpose="ChargePointMaxProfile")
             payload = {"connectorId": 0, "csChargingProfiles": profile}
-        if await self._send(cp_id, payload):
-            st.max_pushed[cp_id] = amps
+        if not await self._send(cp_id, payload):
+            return False
+        st.max_pushed[cp_id] = amps
+        return True

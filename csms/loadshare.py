@@ -26,7 +26,8 @@ The rule (all currents in A per phase, Decimal, results rounded DOWN to 0.1 A):
 5. If the running demands alone no longer fit (the limit was lowered, e.g. after a measured
    overshoot), running chargers are **paused** (0 A) in reverse priority order, newest
    first, until the others get their minimum; running outlets keep their current (they can
-   only be cut by ending their session).
+   only be cut by ending their session), so only when running outlets alone exceed the limit
+   does the sum exceed it (every charger is then paused and nothing is admitted).
 """
 
 from __future__ import annotations

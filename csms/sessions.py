@@ -421,8 +421,9 @@ class SessionService:
     ) -> ChargingSession:
         """Hold, then RemoteStartTransaction (OCPP 1.6 §5.11 / 2.0.1 F01).
 
-        Returns the session: ``starting`` when the charger accepted, ``failed`` (hold
-        released, ``failure_reason`` set) when it refused or did not answer.
+        Returns the session: ``starting`` when the charger accepted, ``queued`` when its
+        site has no capacity now (``csms.load`` starts it later), ``failed`` (hold released,
+        ``failure_reason`` set) when it refused or did not answer.
 
         Raises:
             NotFound: unknown charge point.  NotConnected: it is offline.

@@ -8,10 +8,10 @@ import asyncio
 from typing import Any
 
 import pytest
-from breaker.simulated import SimulatedBreaker
 from websockets.exceptions import InvalidStatus
 
 from billing.emulator import StripeEmulator
+from breaker.simulated import SimulatedBreaker
 from tests.charger import RawCharger, basic_auth
 from tests.conftest import CP_PASSWORD, Server
 from tests.test_lifeline import collected, new_driver, stripe_get, wait_status
@@ -334,3 +334,58 @@ async def test_bad_breaker_configuration_names_the_field(server_factory: Any) ->
         "PUT", "/api/v1/breakers/CP-OCPP", {"driver": {"type": "simulator"}}
     )
     assert status == 409
+
+
+async def test_ocpp_relay_breaker_switched_by_change_availability(
+    server_factory: Any, emulator: StripeEmulator
+) -> None:
+    """A relay that connects over OCPP 1.6 as its own charge point: closed by
+    ChangeAvailability Operative, opened by Inoperative, metered from its MeterValues."""
+    server = await fast_server(server_factory)
+    await server.register("RELAY-1")
+    relay = await RawCharger.open(
+        f"{server.ocpp_url}/RELAY-1", headers=basic_auth("RELAY-1", CP_PASSWORD)
+    )
+    register = {"wh": 10_000}
+    background: set[asyncio.Task[Any]] = set()
+
+    async def report(status: str) -> None:
+        await relay.result("StatusNotification",
+                           {"connectorId": 1, "errorCode": "NoError", "status": status})
+
+    def change_availability(p: dict[str, Any]) -> dict[str, Any]:
+        status = "Available" if p["type"] == "Operative" else "Unavailable"
+        task = asyncio.create_task(report(status))
+        background.add(task)
+        task.add_done_callback(background.discard)
+        return {"status": "Accepted"}
+
+    relay.answers["ChangeAvailability"] = change_availability
+    await relay.result("BootNotification", {"chargePointVendor": "Relay", "chargePointModel": "R1"})
+    await report("Unavailable")
+
+    async def meter() -> None:  # the relay's periodic MeterValues, outside any transaction
+        await relay.result("MeterValues", {"connectorId": 1, "meterValue": [{
+            "timestamp": "2026-11-30T10:00:00Z",
+            "sampledValue": [{"value": str(register["wh"]), "unit": "Wh",
+                              "measurand": "Energy.Active.Import.Register"}]}]})
+
+    await meter()
+    await put_breaker(server, "BRK-RELAY", {"type": "ocpp", "charge_point_id": "RELAY-1"})
+    await wait_breaker(server, "BRK-RELAY", lambda b: b["state"] == "open")
+    await meter()  # configured after the relay connected: the next MeterValues is seen
+    await wait_breaker(server, "BRK-RELAY", lambda b: b["energy_wh"] == 10_000)
+    token = (await new_driver(server, "relay@example.com"))["token"]
+    session = await start_session(server, token, "BRK-RELAY")
+    assert session["status"] == "charging", session
+    calls = [c for c in relay.received_calls if c[2] == "ChangeAvailability"]
+    assert calls[-1][3] == {"connectorId": 1, "type": "Operative"}
+    register["wh"] += 2500
+    await meter()
+    await wait_breaker(server, "BRK-RELAY", lambda b: b["energy_wh"] == 12_500)
+    await server.api("POST", f"/api/v1/sessions/{session['id']}/stop", token=token, expect=202)
+    done = await wait_status(server, session["id"], token, "completed")
+    assert done["energy_wh"] == 2500 and done["payment"]["captured_amount"] == 100
+    calls = [c for c in relay.received_calls if c[2] == "ChangeAvailability"]
+    assert calls[-1][3] == {"connectorId": 1, "type": "Inoperative"}
+    await relay.close()

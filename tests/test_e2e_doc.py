@@ -1,5 +1,6 @@
 """E2E.md's run block, executed as written (with the repository's virtualenv and free ports):
-it must end in a completed, paid session with the documented amount."""
+it must end in two completed, paid sessions (a charger, then a breaker outlet) with the
+documented amounts."""
 
 from __future__ import annotations
 
@@ -46,11 +47,14 @@ def test_e2e_md_commands_end_in_a_paid_session(tmp_path: Path) -> None:
     logs = "".join(p.read_text() for p in (tmp_path / "var").glob("*.log")) \
         if (tmp_path / "var").is_dir() else ""
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs
-    receipt = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert receipt["status"] == "completed"
-    assert receipt["energy_wh"] == 7500 and receipt["total"] == 300
-    assert receipt["charged"]["captured_amount"] == 300
-    assert receipt["stripe"]["payment_intent_id"].startswith("pi_")
+    charger, outlet = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
+    for receipt in (charger, outlet):
+        assert receipt["status"] == "completed"
+        assert receipt["energy_wh"] == 7500 and receipt["total"] == 300
+        assert receipt["charged"]["captured_amount"] == 300
+        assert receipt["stripe"]["payment_intent_id"].startswith("pi_")
+    assert charger["charge_point_id"] == "LOT-1" and outlet["charge_point_id"] == "BAY-7"
+    assert outlet["stop_reason"] == "car_full"
     # run again in the same folder (database and emulator data kept): still ends paid
     again = subprocess.run(["bash", "-euo", "pipefail", "-c", e2e_block()], cwd=tmp_path,
                            env=env, capture_output=True, text=True, timeout=240)

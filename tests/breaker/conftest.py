@@ -6,8 +6,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from blockbuster import blockbuster_ctx
 
 from tests.mqtt_broker import Broker, start_mosquitto
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_in_breaker() -> Iterator[None]:
+    """Fail a test if code of the breaker package makes a blocking call on the event loop."""
+    with blockbuster_ctx("breaker"):
+        yield
 
 
 class FakeClock:

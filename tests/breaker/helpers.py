@@ -25,4 +25,5 @@ async def wait_reading(
                     return last
                 await asyncio.sleep(0.02)
     except TimeoutError:
-        raise AssertionError(f"condition not met within {timeout_s}s; last reading {last}") from None
+        message = f"condition not met within {timeout_s}s; last reading {last}"
+        raise AssertionError(message) from None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from breaker.control import SwitchResult, switch
 from breaker.driver import BreakerDriver, BreakerState, DriverUnavailable, Reading
 from breaker.simulated import SimulatedBreaker
 
-FAST = {"confirm_timeout_s": 0.2, "poll_interval_s": 0.01, "backoff_s": 0.01}
+FAST: dict[str, Any] = {"confirm_timeout_s": 0.2, "poll_interval_s": 0.01, "backoff_s": 0.01}
 
 
 class FlakyDevice(BreakerDriver):

@@ -17,7 +17,9 @@ from tests.breaker.conftest import FakeClock
 from tests.breaker.helpers import wait_reading
 from tests.mqtt_broker import free_port
 
-SWITCH = {"confirm_timeout_s": 2.0, "poll_interval_s": 0.02, "attempts": 2, "backoff_s": 0.05}
+SWITCH: dict[str, Any] = {
+    "confirm_timeout_s": 2.0, "poll_interval_s": 0.02, "attempts": 2, "backoff_s": 0.05
+}
 # 3600 W at speed 1000: 1000 Wh per second of the device clock; 15.65 A fits 0.01 A registers
 LOAD = {"power_w": 3600.0, "speed": 1000.0}
 

@@ -19,7 +19,9 @@ from tests.breaker.helpers import wait_reading
 from tests.mqtt_broker import Broker
 
 _ids = itertools.count(1)
-SWITCH = {"confirm_timeout_s": 3.0, "poll_interval_s": 0.02, "attempts": 2, "backoff_s": 0.05}
+SWITCH: dict[str, Any] = {
+    "confirm_timeout_s": 3.0, "poll_interval_s": 0.02, "attempts": 2, "backoff_s": 0.05
+}
 FAST = {"poll_interval_s": 0.1, "stale_after_s": 30}
 LOAD_W = 3_600_000  # 1000 Wh per second of the device clock
 

@@ -68,7 +68,9 @@ async def test_trip_needs_a_reset(clock: FakeClock) -> None:
     brk.trip("overcurrent")
     clock.advance(100)  # no energy while tripped
     r = await brk.read()
-    assert (r.state, r.detail, r.energy_wh, r.power_w) == (BreakerState.TRIPPED, "overcurrent", 1, 0)
+    assert (r.state, r.detail, r.energy_wh, r.power_w) == (
+        BreakerState.TRIPPED, "overcurrent", 1, 0
+    )
     await brk.close()  # delivered, but a tripped breaker does not close
     assert (await brk.read()).state is BreakerState.TRIPPED
     brk.reset_trip()
