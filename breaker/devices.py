@@ -58,7 +58,7 @@ from breaker.modbus import (
     BitSpec,
     RegisterSpec,
 )
-from breaker.mqtt import cancel_and_wait
+from breaker.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,23 @@ def _thousandths(value: Fraction) -> float:
     return float(Decimal(math.floor(value * 1000)) / 1000)
 
 
-class _MqttDevice:
+class _Metered:
+    """What every simulated device shows a test: its relay and its exact register."""
+
+    meter: _Meter
+
+    @property
+    def output(self) -> bool:
+        """The relay output."""
+        return self.meter.on
+
+    @property
+    def energy_wh(self) -> Fraction:
+        """The exact register, Wh."""
+        return self.meter.accrue()
+
+
+class _MqttDevice(_Metered):
     """The MQTT session shared by the simulated Shelly and Tasmota."""
 
     def __init__(self, host: str, port: int, client_id: str, period_s: float) -> None:
@@ -271,16 +287,6 @@ class SimulatedShellyDevice(_MqttDevice):
         self.meter = _Meter(power_w, voltage_v, speed, start_energy_wh, clock)
         self._state = _ShellyState(errors=[])
 
-    @property
-    def output(self) -> bool:
-        """The relay output."""
-        return self.meter.on
-
-    @property
-    def energy_wh(self) -> Fraction:
-        """The exact register, Wh."""
-        return self.meter.accrue()
-
     def status(self) -> dict[str, Any]:
         """The Switch status object (``Switch.GetStatus`` result)."""
         total = self.meter.accrue()
@@ -411,16 +417,6 @@ class SimulatedTasmotaDevice(_MqttDevice):
         self.power_key = f"POWER{relay}" if relay else "POWER"
         self.meter = _Meter(power_w, voltage_v, speed, start_energy_wh, clock)
 
-    @property
-    def output(self) -> bool:
-        """The relay."""
-        return self.meter.on
-
-    @property
-    def energy_wh(self) -> Fraction:
-        """The exact register, Wh."""
-        return self.meter.accrue()
-
     def energy(self) -> dict[str, Any]:
         """The ``ENERGY`` object (Total kWh to 0.001, Power W, Voltage V, Current A)."""
         wh = self.meter.accrue()
@@ -501,7 +497,7 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-class SimulatedModbusDevice:
+class SimulatedModbusDevice(_Metered):
     """A Modbus TCP relay + meter served by pymodbus (see the module docstring).
 
     Args:
@@ -548,16 +544,6 @@ class SimulatedModbusDevice:
         self._server: ModbusTcpServer | None = None
         self.requests = 0
         """Requests served (for assertions)."""
-
-    @property
-    def output(self) -> bool:
-        """The relay."""
-        return self.meter.on
-
-    @property
-    def energy_wh(self) -> Fraction:
-        """The exact register, Wh."""
-        return self.meter.accrue()
 
     def set_load(self, power_w: float) -> None:
         """Change the load drawn while on, W."""

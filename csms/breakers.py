@@ -44,6 +44,7 @@ from breaker.config import build_driver, validate_config
 from breaker.control import SwitchResult, switch
 from breaker.driver import BreakerDriver, BreakerState, ConfigError, Reading
 from breaker.ocpp_relay import OcppLink, RelaySnapshot
+from breaker.tasks import cancel_and_wait
 from csms.commands import CommandService
 from csms.db import Database
 from csms.errors import (
@@ -339,11 +340,7 @@ class BreakerController:
 
     async def _deactivate(self, live: _Live) -> None:
         if live.task is not None:
-            live.task.cancel()
-            try:
-                await live.task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(live.task)
             live.task = None
         if live.driver is not None:
             try:
@@ -655,20 +652,14 @@ class BreakerController:
                 if await self._car_full(live, act, reading, now):
                     await self.mark_stop(act.session_id, "car_full")
                     await self._open_and_end(live, act, "CarFull", "car_full")
-            elif reading.state is BreakerState.TRIPPED:
+            elif reading.state in (BreakerState.TRIPPED, BreakerState.OPEN):
                 if not self._settled(live, reading.state, now):
                     return
-                await self.mark_stop(act.session_id, "tripped")
+                reason = "tripped" if reading.state is BreakerState.TRIPPED else "opened"
+                await self.mark_stop(act.session_id, reason)
                 energy = reading.energy_wh if reading.energy_wh is not None \
                     else act.last_energy_wh
-                await self._end(live, energy, now, "Tripped", "tripped")
-            elif reading.state is BreakerState.OPEN:
-                if not self._settled(live, reading.state, now):
-                    return
-                await self.mark_stop(act.session_id, "opened")
-                energy = reading.energy_wh if reading.energy_wh is not None \
-                    else act.last_energy_wh
-                await self._end(live, energy, now, "Opened", "opened")
+                await self._end(live, energy, now, reason.capitalize(), reason)
             else:  # OFFLINE
                 live.unexpected = None
                 act.offline_since = act.offline_since or now
@@ -774,15 +765,10 @@ class BreakerController:
         bid = live.row.id
         action = "close" if want is BreakerState.CLOSED else "open"
 
-        async def begin(s: AsyncSession) -> int:
-            a = BreakerAudit(breaker_id=bid, action=action, actor=actor[:255], reason=reason,
-                             forced=forced, session_id=session_id)
-            s.add(a)
-            await s.flush()
-            assert a.id is not None
-            return a.id
-
-        audit_id = await self.db.write(begin)
+        audit_id = (await self.db.add(BreakerAudit(
+            breaker_id=bid, action=action, actor=actor[:255], reason=reason, forced=forced,
+            session_id=session_id,
+        ))).id
         live.switches += 1
         if live.driver is None:
             result = SwitchResult(confirmed=False, attempts=0, reading=None,

@@ -35,10 +35,12 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.util import find_tables
 from sqlalchemy.util import await_
+from sqlmodel import SQLModel
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R", bound=SQLModel)
 Unit = Callable[[AsyncSession], Awaitable[Any]]
 
 MAX_BATCH = 512
@@ -680,6 +682,20 @@ class Database:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def add(self, row: R) -> R:
+        """Insert ``row`` in the next group commit; returns it with its primary key set.
+
+        Raises:
+            the database error of the insert or the commit.
+        """
+
+        async def unit(s: AsyncSession) -> R:
+            s.add(row)
+            await s.flush()
+            return row
+
+        return await self.write(unit)
 
     async def write(self, unit: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Run ``unit`` in the next group commit and return its result once committed.

@@ -198,15 +198,11 @@ class OperationsService:
             parent_id_tag = known.parent_id_tag if known is not None else None
         parent = canonical_id_tag(parent_id_tag)
 
-        async def create(s: AsyncSession) -> int:
-            row = Reservation(charge_point_id=cp_id, connector_id=connector_id, id_tag=tag,
-                              parent_id_tag=parent, expiry_date=expiry_date)
-            s.add(row)
-            await s.flush()
-            assert row.id is not None
-            return row.id
-
-        rid = await self.db.write(create)
+        rid = (await self.db.add(Reservation(
+            charge_point_id=cp_id, connector_id=connector_id, id_tag=tag, parent_id_tag=parent,
+            expiry_date=expiry_date,
+        ))).id
+        assert rid is not None
         if version == rpc.OCPP201:
             payload: dict[str, Any] = {"id": rid, "expiryDateTime": format_utc(expiry_date),
                                        "idToken": {"idToken": tag, "type": "ISO14443"}}

@@ -47,6 +47,7 @@ from billing.tariff import (
     compute_cost,
     parse_tariff,
 )
+from breaker.tasks import cancel_and_wait
 from csms.commands import CommandService
 from csms.db import Database
 from csms.errors import (
@@ -212,11 +213,7 @@ class SessionService:
     async def close(self) -> None:
         """Stop the maintenance loop and wait for follow-up tasks."""
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            try:
-                await self._loop_task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._loop_task)
             self._loop_task = None
         for task in list(self._tasks):
             task.cancel()

@@ -25,6 +25,7 @@ from billing.emulator import StripeEmulator, start_emulator
 from csms.app import Csms
 from csms.migrate import alembic_config
 from csms.settings import Settings, load_settings
+from tests.mqtt_broker import Broker, start_mosquitto
 from tests.pg import PgCluster, start_postgres
 
 
@@ -215,6 +216,17 @@ async def server(server_factory: Any) -> Server:
     """A server with default test settings."""
     srv: Server = await server_factory()
     return srv
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A real mosquitto MQTT broker for the run on a free loopback port (tests use distinct
+    topics)."""
+    broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

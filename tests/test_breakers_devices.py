@@ -6,26 +6,16 @@ capture of the right amount; a trip on the MQTT relay mid-session ends it, bille
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from billing.emulator import StripeEmulator
 from breaker.devices import SimulatedModbusDevice, SimulatedShellyDevice, SimulatedTasmotaDevice
-from tests.mqtt_broker import Broker, start_mosquitto
+from tests.mqtt_broker import Broker
 from tests.test_breakers import FAST, put_breaker, start_session, wait_breaker
 from tests.test_lifeline import collected, new_driver, wait_status
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """A real mosquitto broker for this module."""
-    b = start_mosquitto(tmp_path_factory.mktemp("mosquitto-csms"))
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def free_port() -> int:
@@ -35,10 +25,10 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def shelly(broker: Broker, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+async def shelly(mosquitto: Broker, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     prefix = f"shellyplus1pm-{request.node.name[-12:].strip('[]')}-{free_port()}"
     device = SimulatedShellyDevice(
-        broker.host, broker.port, prefix, power_w=3_600_000, status_interval_s=0.2
+        mosquitto.host, mosquitto.port, prefix, power_w=3_600_000, status_interval_s=0.2
     )
     await device.start()
     try:
@@ -77,10 +67,10 @@ async def run_session(
 
 
 async def test_shelly_gen2_relay_on_mosquitto(
-    server_factory: Any, emulator: StripeEmulator, broker: Broker, shelly: Any
+    server_factory: Any, emulator: StripeEmulator, mosquitto: Broker, shelly: Any
 ) -> None:
     server = await server_factory(**FAST)
-    cfg = {"type": "mqtt", "preset": "shelly_gen2", "host": broker.host, "port": broker.port,
+    cfg = {"type": "mqtt", "preset": "shelly_gen2", "host": mosquitto.host, "port": mosquitto.port,
            "prefix": shelly.prefix, "poll_interval_s": 1}
     await run_session(server, emulator, "SHELLY-1", cfg, shelly.set_load,
                       lambda: shelly.energy_wh)
@@ -88,15 +78,15 @@ async def test_shelly_gen2_relay_on_mosquitto(
 
 
 async def test_tasmota_plug_on_mosquitto(
-    server_factory: Any, emulator: StripeEmulator, broker: Broker
+    server_factory: Any, emulator: StripeEmulator, mosquitto: Broker
 ) -> None:
     topic = f"tasmota_{free_port()}"
-    device = SimulatedTasmotaDevice(broker.host, broker.port, topic, power_w=3_600_000,
+    device = SimulatedTasmotaDevice(mosquitto.host, mosquitto.port, topic, power_w=3_600_000,
                                     tele_period_s=0.2)
     await device.start()
     try:
         server = await server_factory(**FAST)
-        cfg = {"type": "mqtt", "preset": "tasmota", "host": broker.host, "port": broker.port,
+        cfg = {"type": "mqtt", "preset": "tasmota", "host": mosquitto.host, "port": mosquitto.port,
                "topic": topic, "poll_interval_s": 1}
         await run_session(server, emulator, "TASMOTA-1", cfg, device.set_load,
                           lambda: device.energy_wh)
@@ -126,10 +116,10 @@ async def test_modbus_breaker_on_pymodbus_server(
 
 
 async def test_shelly_trip_mid_session_ends_it_and_bills_delivered_energy(
-    server_factory: Any, emulator: StripeEmulator, broker: Broker, shelly: Any
+    server_factory: Any, emulator: StripeEmulator, mosquitto: Broker, shelly: Any
 ) -> None:
     server = await server_factory(**FAST)
-    cfg = {"type": "mqtt", "preset": "shelly_gen2", "host": broker.host, "port": broker.port,
+    cfg = {"type": "mqtt", "preset": "shelly_gen2", "host": mosquitto.host, "port": mosquitto.port,
            "prefix": shelly.prefix, "poll_interval_s": 1}
     await put_breaker(server, "SHELLY-T", cfg)
     await wait_breaker(server, "SHELLY-T", lambda b: b["state"] == "open")

@@ -38,16 +38,6 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(scope="session")
-def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """One broker for the session (tests use distinct topics)."""
-    broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
 @pytest.fixture
 def own_mosquitto(tmp_path: Path) -> Iterator[Broker]:
     """A broker of this test's own (to stop and restart it)."""
