@@ -244,7 +244,8 @@ class TariffRow(SQLModel, table=True):
 class ChargingSession(SQLModel, table=True):
     """A paid charging session: a driver, a hold, a transaction, a cost, a capture.
 
-    ``status``: authorizing -> starting (app) | authorized (RFID) -> charging -> settling ->
+    ``status``: authorizing -> [queued (site at capacity) ->] starting (app) | authorized (RFID)
+    -> charging -> settling ->
     completed; or failed (hold refused, charger refused, never started). ``id`` is the id in
     every Stripe idempotency key (``session:{id}:capture``).
     """
