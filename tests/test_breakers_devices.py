@@ -137,3 +137,33 @@ async def test_shelly_trip_mid_session_ends_it_and_bills_delivered_energy(
     assert await collected(emulator, done["payment"]["payment_intent_id"]) == expected
     data = await wait_breaker(server, "SHELLY-T", lambda b: b["state"] == "tripped")
     assert "overpower" in (data["detail"] or "")
+
+
+async def test_restart_mid_session_resumes_metering_and_bills_the_whole_session(
+    server_factory: Any, emulator: StripeEmulator, mosquitto: Broker, shelly: Any
+) -> None:
+    """The server stops while the relay stays closed and the car keeps drawing: after the
+    restart the session is resumed from the database and the energy drawn meanwhile is billed
+    too, once."""
+    server = await server_factory(**FAST)
+    cfg = {"type": "mqtt", "preset": "shelly_gen2", "host": mosquitto.host,
+           "port": mosquitto.port, "prefix": shelly.prefix, "poll_interval_s": 1}
+    await put_breaker(server, "SHELLY-R", cfg)
+    await wait_breaker(server, "SHELLY-R", lambda b: b["state"] == "open")
+    token = (await new_driver(server, "restart-mqtt@example.com"))["token"]
+    session = await start_session(server, token, "SHELLY-R")
+    await wait_breaker(server, "SHELLY-R", lambda b: (b["energy_wh"] or 0) >= 1000, timeout=20)
+    await server.restart()
+    await wait_breaker(server, "SHELLY-R", lambda b: (b["energy_wh"] or 0) >= 3000, timeout=20)
+    data = await wait_breaker(server, "SHELLY-R", lambda b: b["state"] == "closed")
+    assert data["active_session_id"] == session["id"]
+    await shelly.set_load(0)
+    frozen = int(shelly.energy_wh)
+    await wait_breaker(server, "SHELLY-R", lambda b: b["energy_wh"] == frozen, timeout=10)
+    await server.api("POST", f"/api/v1/sessions/{session['id']}/stop", token=token, expect=202)
+    done = await wait_status(server, session["id"], token, "completed", timeout=20)
+    assert done["energy_wh"] == frozen
+    expected = (frozen * 40 + 500) // 1000
+    assert done["payment"]["captured_amount"] == expected
+    assert await collected(emulator, done["payment"]["payment_intent_id"]) == expected
+    assert shelly.output is False
