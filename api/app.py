@@ -38,6 +38,7 @@ from csms.errors import (
     DeviceNotConfirmed,
     DeviceUnreachable,
     Forbidden,
+    InvalidAnswer,
     InvalidRequest,
     NotFound,
     PaymentRequired,
@@ -132,6 +133,7 @@ _STATUS: list[tuple[type[CsmsError], int]] = [
     (DeviceNotConfirmed, 504),
     (DeviceUnreachable, 502),
     (CallRejected, 502),
+    (InvalidAnswer, 502),
     (ConnectionLost, 502),
     (Forbidden, 403),
     (Unavailable, 503),
@@ -206,6 +208,18 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return error_response(401, "unauthenticated", "invalid token", "Authorization")
     request[PRINCIPAL] = principal
     return await handler(request)
+
+
+def valid_id(value: str, what: str) -> str:
+    """An id taken from a path: 1-48 printable characters (OCPP 1.6 chargeBoxIdentity is
+    CiString48; control characters, including NUL, are refused).
+
+    Raises:
+        InvalidRequest: naming ``id``.
+    """
+    if not value or len(value) > 48 or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidRequest(f"{what} id must be 1-48 printable characters", field="id")
+    return value
 
 
 def require_operator(request: web.Request) -> Principal:
@@ -327,9 +341,7 @@ def charge_point_json(
 async def put_charge_point(request: web.Request) -> web.Response:
     """Register or update a charge point (password stored as argon2id)."""
     require_operator(request)
-    cp_id = request.match_info["id"]
-    if not cp_id or len(cp_id) > 48 or any(ord(c) < 32 for c in cp_id):
-        raise InvalidRequest("charge point id must be 1-48 printable characters", field="id")
+    cp_id = valid_id(request.match_info["id"], "charge point")
     body: ChargePointIn = await read_body(request, ChargePointIn)
     if body.security_profile in (1, 2) and not body.password:
 
@@ -353,6 +365,8 @@ async def put_charge_point(request: web.Request) -> web.Response:
         if cp is None:
             cp = ChargePoint(id=cp_id)
             s.add(cp)
+        elif cp.kind != "ocpp":
+            raise Conflict(f"{cp_id!r} is a {cp.kind} site (see /api/v1/breakers)", field="id")
         cp.security_profile = body.security_profile
         if password_hash is not None:
             cp.password_hash = password_hash

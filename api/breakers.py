@@ -12,19 +12,22 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.app import CTX, json_response, read_body, require_operator
+from api.app import CTX, json_response, read_body, require_operator, valid_id
 from csms.breakers import BreakerController
 from csms.errors import InvalidRequest, NotFound, Unavailable
 from csms.models import TariffRow
 
 routes = web.RouteTableDef()
 
+PRINTABLE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+$"
+"""Text without control characters (tabs and newlines allowed): PostgreSQL refuses NUL."""
+
 
 class BreakerIn(BaseModel):
     """PUT /api/v1/breakers/{id}: a breaker site. ``driver`` is a driver configuration
     (docs/breakers.md); currents A, power W, times minutes / seconds as named."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     driver: dict[str, Any]
     rated_current_a: int = Field(default=16, ge=1, le=6300)
     phases: int = Field(default=1, ge=1, le=3)
@@ -39,8 +42,9 @@ class SwitchIn(BaseModel):
     """POST /api/v1/breakers/{id}/close | /open: why (kept in the audit record); ``force``
     closes a breaker with no paid session on its outlets."""
 
-    model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1, max_length=500)
+    model_config = ConfigDict(extra="forbid", strict=True)
+    reason: str = Field(min_length=1, max_length=500, pattern=PRINTABLE)
+    """Printable text (tabs and newlines allowed)."""
     force: bool = False
 
 
@@ -55,6 +59,7 @@ def _controller(request: web.Request) -> BreakerController:
 async def put_breaker(request: web.Request) -> web.Response:
     """Create or update a breaker site; returns it with its live state."""
     require_operator(request)
+    breaker_id = valid_id(request.match_info["id"], "breaker")
     body: BreakerIn = await read_body(request, BreakerIn)
     if body.phases == 2:
         raise InvalidRequest("phases: 1 or 3", field="phases")
@@ -63,7 +68,7 @@ async def put_breaker(request: web.Request) -> web.Response:
         tariff_id = body.tariff_id
         if await ctx.db.read(lambda s: s.get(TariffRow, tariff_id)) is None:
             raise NotFound(f"unknown tariff {tariff_id!r}", field="tariff_id")
-    data = await _controller(request).put(request.match_info["id"], body.model_dump())
+    data = await _controller(request).put(breaker_id, body.model_dump())
     return json_response(data)
 
 

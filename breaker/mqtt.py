@@ -195,8 +195,10 @@ class _MqttBase(_Model):
     host: str = Field(min_length=1, max_length=253)
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = Field(default=None, max_length=256)
-    password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    """The name of the environment variable holding the broker password (never the password)."""
+    password_env: str | None = Field(default=None, pattern=r"^BREAKER_[A-Z0-9_]{1,64}$")
+    """The name of the environment variable holding the broker password (never the password).
+    It must start with ``BREAKER_``: an operator's configuration must not be able to send
+    the server's other secrets (``STRIPE_API_KEY``, ``CSMS_ADMIN_TOKEN``...) to a broker."""
     tls: bool = False
     client_id: str | None = Field(default=None, min_length=1, max_length=64)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
@@ -668,6 +670,7 @@ class MqttBreaker(BreakerDriver):
                 assert self.plan.command is not None
                 cmd = self.plan.command
                 await client.publish(cmd.topic, cmd.on if on else cmd.off, qos=1)
+            await self._poll(client)  # a fresh status (and meter) right after the command
         except aiomqtt.MqttError as exc:
             raise DriverUnavailable(f"MQTT publish failed: {exc}") from exc
 

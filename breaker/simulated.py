@@ -120,6 +120,13 @@ class SimulatedBreaker(BreakerDriver):
         self._accrue()
         self._stuck = stuck
 
+    def reboot(self) -> None:
+        """The device restarts (or is swapped): its register counts from 0 again and the
+        relay comes back open, as a Shelly does by default after a power cycle."""
+        self._accrue()
+        self._energy_wh = Fraction(0)
+        self._relay_on = False
+
     def set_load(self, power_w: float) -> None:
         """Change the load drawn while closed, W (e.g. 0 when the car is full)."""
         if power_w < 0:

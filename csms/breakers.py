@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -150,6 +151,17 @@ def _samples(reading: Reading, context: str) -> list[Sample]:
             signed_data=None, timestamp=at,
         ))
     return out
+
+
+def final_energy(act: _Outlet, reading: Reading | None) -> int | None:
+    """The register to stop on: the reading's, unless the breaker cannot be read or its
+    register went below the last good reading (a device that rebooted or was replaced counts
+    from 0 again; the energy delivered is what the last good reading showed)."""
+    if reading is None or reading.state is BreakerState.OFFLINE or reading.energy_wh is None:
+        return act.last_energy_wh
+    if act.last_energy_wh is not None and reading.energy_wh < act.last_energy_wh:
+        return act.last_energy_wh
+    return reading.energy_wh
 
 
 def breaker_json(live: _Live) -> dict[str, Any]:
@@ -305,6 +317,7 @@ class BreakerController:
         for row in await self.db.read(load):
             live = _Live(row, self._build(row))
             self._live[row.id] = live
+            self.service.lifetime_registers.add(row.id)
             await self._resume(live)
             await self._activate(live)
 
@@ -404,10 +417,16 @@ class BreakerController:
             build_driver(driver, environ=self.environ, ocpp_link=self.ocpp_link)
         except ConfigError as exc:
             raise InvalidRequest(f"{exc.key}: {exc}", field=exc.key) from None
-        live = self._live.get(breaker_id)
-        if live is not None and live.active is not None:
-            raise Conflict("a session is active on this breaker", field="id")
+        old = self._live.get(breaker_id)
+        if old is None:
+            return await self._put(breaker_id, values, driver, None)
+        async with old.lock:  # not while a session starts, stops or the poll acts
+            if old.active is not None:
+                raise Conflict("a session is active on this breaker", field="id")
+            return await self._put(breaker_id, values, driver, old)
 
+    async def _put(self, breaker_id: str, values: dict[str, Any], driver: dict[str, Any],
+                   old: _Live | None) -> dict[str, Any]:
         async def unit(s: AsyncSession) -> Breaker:
             cp = await s.get(ChargePoint, breaker_id)
             if cp is None:
@@ -433,10 +452,11 @@ class BreakerController:
             return row
 
         row = await self.db.write(unit)
-        if live is not None:
-            await self._deactivate(live)
+        if old is not None:
+            await self._deactivate(old)
         live = _Live(row, self._build(row))
         self._live[breaker_id] = live
+        self.service.lifetime_registers.add(breaker_id)
         await self._resume(live)
         await self._activate(live)
         return breaker_json(live)
@@ -448,6 +468,17 @@ class BreakerController:
     def list_all(self) -> list[dict[str, Any]]:
         """Every breaker's API shape, by id."""
         return [breaker_json(self._live[k]) for k in sorted(self._live)]
+
+    @asynccontextmanager
+    async def _locked(self, breaker_id: str) -> AsyncIterator[_Live]:
+        """The breaker's run-time state with its lock held; if a PUT replaced it while we
+        waited for the lock, the new one (never act on a disconnected driver)."""
+        while True:
+            live = self._get(breaker_id)
+            async with live.lock:
+                if self._live.get(breaker_id) is live:
+                    yield live
+                    return
 
     def _get(self, breaker_id: str) -> _Live:
         live = self._live.get(breaker_id)
@@ -503,8 +534,7 @@ class BreakerController:
             DeviceUnreachable: the breaker could not be read or commanded.
             Conflict: another session runs on the breaker.
         """
-        live = self._get(cp_id)
-        async with live.lock:
+        async with self._locked(cp_id) as live:
             if live.active is not None:
                 raise Conflict("a session is already running on this breaker")
             before = await self._read(live)
@@ -533,26 +563,23 @@ class BreakerController:
         await self._set_connector(cp_id, connector_id, "Charging")
 
     async def stop_outlet(self, cp_id: str, ocpp_id: str, reason: str,
-                          actor: str | None = None) -> None:
+                          actor: str | None = None, note: str | None = None) -> None:
         """Open the breaker and record the stop with the final reading (the last good one if
         the breaker cannot be read). ``reason`` is the session's stop reason (driver,
-        hold_reached, operator...). A stop of a transaction that is no longer active does
-        nothing."""
-        live = self._get(cp_id)
-        async with live.lock:
+        hold_reached, operator...); ``note`` is the audit record's reason (default ``reason``).
+        A stop of a transaction that is no longer active does nothing."""
+        async with self._locked(cp_id) as live:
             act = live.active
             if act is None or act.ocpp_id != ocpp_id:
                 return
             result = await self._switch(
-                live, BreakerState.OPEN, actor or f"session:{act.session_id}", reason,
+                live, BreakerState.OPEN, actor or f"session:{act.session_id}", note or reason,
                 session_id=act.session_id,
             )
-            final = result.reading
+            final = await self._final_read(live, result)
             good = final is not None and final.state is not BreakerState.OFFLINE
-            meter_stop = final.energy_wh if good and final and final.energy_wh is not None \
-                else act.last_energy_wh
             at = utcnow() if good else act.last_good_at
-            await self._end(live, meter_stop, at, "Remote", reason)
+            await self._end(live, final_energy(act, final), at, "Remote", reason)
 
     # -- operator ---------------------------------------------------------------------------
 
@@ -574,11 +601,11 @@ class BreakerController:
         if action == "open" and live.active is not None:
             act = live.active
             await self.mark_stop(act.session_id, "operator")
-            await self.stop_outlet(breaker_id, act.ocpp_id, "operator", actor=actor)
+            await self.stop_outlet(breaker_id, act.ocpp_id, "operator", actor=actor, note=reason)
             audit = (await self.audit(breaker_id, 1))[0]
             self._raise_unless_confirmed(audit)
             return audit
-        async with live.lock:
+        async with self._locked(breaker_id) as live:
             if action == "close":
                 if live.active is None and not force:
                     raise Conflict(
@@ -641,7 +668,9 @@ class BreakerController:
             if reading.state is BreakerState.CLOSED:
                 live.unexpected = None
                 act.offline_since = None
-                if reading.energy_wh is not None:
+                if reading.energy_wh is not None and (
+                    act.last_energy_wh is None or reading.energy_wh >= act.last_energy_wh
+                ):
                     act.last_energy_wh = reading.energy_wh
                     act.last_good_at = reading.at
                 samples = _samples(reading, "Sample.Periodic")
@@ -657,9 +686,8 @@ class BreakerController:
                     return
                 reason = "tripped" if reading.state is BreakerState.TRIPPED else "opened"
                 await self.mark_stop(act.session_id, reason)
-                energy = reading.energy_wh if reading.energy_wh is not None \
-                    else act.last_energy_wh
-                await self._end(live, energy, now, reason.capitalize(), reason)
+                await self._end(live, final_energy(act, reading), now, reason.capitalize(),
+                                reason)
             else:  # OFFLINE
                 live.unexpected = None
                 act.offline_since = act.offline_since or now
@@ -691,12 +719,17 @@ class BreakerController:
                             reason: str) -> None:
         result = await self._switch(live, BreakerState.OPEN, f"session:{act.session_id}",
                                     reason, session_id=act.session_id)
-        final = result.reading
-        energy = act.last_energy_wh
-        if final is not None and final.state is not BreakerState.OFFLINE \
-                and final.energy_wh is not None:
-            energy = final.energy_wh
-        await self._end(live, energy, utcnow(), tx_reason, reason)
+        final = await self._final_read(live, result)
+        await self._end(live, final_energy(act, final), utcnow(), tx_reason, reason)
+
+    async def _final_read(self, live: _Live, result: SwitchResult) -> Reading | None:
+        """After an open: one more read a moment later, so that a push driver's fresh status
+        (requested with the command) is the final reading, not the cached one."""
+        if not result.confirmed or live.driver is None:
+            return result.reading
+        await asyncio.sleep(min(1.0, self.settings.poll_interval_s))
+        reading = await self._read(live)
+        return reading if reading.state is BreakerState.OPEN else result.reading
 
     async def _end(self, live: _Live, meter_stop: int | None, at: datetime,
                    tx_reason: str, reason: str) -> None:

@@ -502,6 +502,9 @@ class ChargingService:
         self.hooks: SessionHooks | None = None
         self._active: dict[tuple[str, str], _Active] = {}
         self._relative: dict[str, bool | None] = {}
+        self.lifetime_registers: set[str] = set()
+        """Charge points whose energy readings are always the lifetime register (breaker
+        sites): never learned to be session-relative from a session that began at 0 Wh."""
         self.watchers: dict[
             str, dict[object, Callable[[int | None, str | None, list[Sample] | None], None]]]
         self.watchers = {}
@@ -1004,6 +1007,8 @@ class ChargingService:
 
     async def _relative_hint(self, b: Batch, cp_id: str) -> bool | None:
         """The charge point's learned ``session_relative_meter`` (None if unknown)."""
+        if cp_id in self.lifetime_registers:
+            return False
         await b.sync()
         known = self._relative.get(cp_id, _UNKNOWN)
         if known is _UNKNOWN:
@@ -1016,7 +1021,7 @@ class ChargingService:
         """Store what a transaction taught about the charge point's register (only a change
         is written)."""
         value = state.session_relative
-        if value is None:
+        if value is None or cp_id in self.lifetime_registers:
             return
         await b.sync()
         if self._relative.get(cp_id, _UNKNOWN) is value:

@@ -389,3 +389,89 @@ async def test_ocpp_relay_breaker_switched_by_change_availability(
     calls = [c for c in relay.received_calls if c[2] == "ChangeAvailability"]
     assert calls[-1][3] == {"connectorId": 1, "type": "Inoperative"}
     await relay.close()
+
+
+async def test_second_session_on_a_breaker_is_metered_from_its_own_start(
+    server_factory: Any, emulator: StripeEmulator
+) -> None:
+    """The first session starts at register 0 Wh; the second must not be read as counting
+    from 0 (a learned 'session-relative' register would bill it the whole lifetime register
+    and stop it at once at the hold)."""
+    server = await fast_server(server_factory)
+    await server.api("PUT", "/api/v1/tariffs/t200", {
+        "currency": "JPY", "hold_amount": 200,
+        "elements": [{"price_components": [{"type": "ENERGY", "price": "40", "step_size": 1}]}],
+    }, expect=201)
+    await put_breaker(server, "BRK-2", {"type": "simulator", "power_w": 3_600_000},
+                      tariff_id="t200")
+    await wait_breaker(server, "BRK-2", lambda b: b["state"] == "open")
+    token = (await new_driver(server, "twice@example.com"))["token"]
+    first = await start_session(server, token, "BRK-2")
+    await wait_breaker(server, "BRK-2", lambda b: (b["energy_wh"] or 0) >= 4000)
+    await server.api("POST", f"/api/v1/sessions/{first['id']}/stop", token=token, expect=202)
+    done = await wait_status(server, first["id"], token, "completed")
+    assert done["stop_reason"] in ("driver", "hold_reached")
+    device = sim(server, "BRK-2")
+    device.set_load(100_000)  # slow: 100 kW, ~28 Wh/s
+    second = await start_session(server, token, "BRK-2")
+    await asyncio.sleep(1.0)
+    _, running = await server.api("GET", f"/api/v1/sessions/{second['id']}", token=token,
+                                  expect=200)
+    assert running["status"] == "charging", running
+    assert running["energy_wh"] is not None and running["energy_wh"] < 200
+    await server.api("POST", f"/api/v1/sessions/{second['id']}/stop", token=token, expect=202)
+    done2 = await wait_status(server, second["id"], token, "completed")
+    assert done2["stop_reason"] == "driver" and done2["energy_wh"] < 500
+
+
+async def test_a_device_that_reboots_mid_session_is_billed_its_last_good_reading(
+    server_factory: Any, emulator: StripeEmulator
+) -> None:
+    server = await fast_server(server_factory)
+    await put_breaker(server, "BRK-B", {"type": "simulator", "power_w": 3_600_000})
+    await wait_breaker(server, "BRK-B", lambda b: b["state"] == "open")
+    token = (await new_driver(server, "reboot@example.com"))["token"]
+    session = await start_session(server, token, "BRK-B")
+    device = sim(server, "BRK-B")
+    await wait_breaker(server, "BRK-B", lambda b: (b["energy_wh"] or 0) >= 2000)
+    device.set_load(0)
+    last_good = await wait_breaker(server, "BRK-B", lambda b: b["power_w"] == 0)
+    device.reboot()  # register back to 0, relay open
+    done = await wait_status(server, session["id"], token, "completed")
+    assert done["stop_reason"] == "opened"
+    assert done["energy_wh"] == last_good["energy_wh"]
+    expected = (last_good["energy_wh"] * 40 + 500) // 1000
+    assert done["payment"]["captured_amount"] == expected
+    assert await collected(emulator, done["payment"]["payment_intent_id"]) == expected
+
+
+async def test_breaker_api_refuses_bad_ids_types_and_changes_during_a_session(
+    server_factory: Any,
+) -> None:
+    server = await fast_server(server_factory)
+    for bad in ("%00nul", "%0Anl", "x" * 49):
+        status, body = await server.api("PUT", f"/api/v1/breakers/{bad}",
+                                        {"driver": {"type": "simulator"}})
+        assert status == 400 and body["error"]["field"] == "id", (bad, body)
+    status, body = await server.api(
+        "PUT", "/api/v1/breakers/B1", {"driver": {"type": "simulator"}, "outlets": True})
+    assert status == 400 and body["error"]["field"] == "outlets"
+    await put_breaker(server, "B1", {"type": "simulator", "power_w": 1000})
+    status, body = await server.api("POST", "/api/v1/breakers/B1/close",
+                                    {"reason": "x", "force": "yes"})
+    assert status == 400 and body["error"]["field"] == "force"
+    status, body = await server.api("POST", "/api/v1/breakers/B1/open", {"reason": "a\u0000b"})
+    assert status == 400 and body["error"]["field"] == "reason"
+    status, body = await server.api("PUT", "/api/v1/charge-points/B1",
+                                    {"password": "a-secret-of-16-chars+", "security_profile": 1})
+    assert status == 409, body
+    # an operator's open of a running session keeps the operator's reason in the audit
+    await wait_breaker(server, "B1", lambda b: b["state"] == "open")
+    token = (await new_driver(server, "b1@example.com"))["token"]
+    await start_session(server, token, "B1")
+    status, body = await server.api("PUT", "/api/v1/breakers/B1",
+                                    {"driver": {"type": "simulator", "power_w": 5}})
+    assert status == 409, body
+    _, audit = await server.api("POST", "/api/v1/breakers/B1/open",
+                                {"reason": "socket damaged"}, expect=200)
+    assert audit["reason"] == "socket damaged" and audit["actor"] == "operator:admin"

@@ -5,6 +5,7 @@ capture of the right amount; a trip on the MQTT relay mid-session ends it, bille
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -167,3 +168,32 @@ async def test_restart_mid_session_resumes_metering_and_bills_the_whole_session(
     assert done["payment"]["captured_amount"] == expected
     assert await collected(emulator, done["payment"]["payment_intent_id"]) == expected
     assert shelly.output is False
+
+
+async def test_tasmota_final_reading_is_fresh_not_the_cached_telemetry(
+    server_factory: Any, emulator: StripeEmulator, mosquitto: Broker
+) -> None:
+    """A Tasmota plug reports its meter only every TelePeriod (here 300 s): the stop must
+    still bill the register as it stands after the open (the driver asks for Status 8 with
+    the command), not the last telemetry."""
+    topic = f"tasmota_{free_port()}"
+    device = SimulatedTasmotaDevice(mosquitto.host, mosquitto.port, topic, power_w=3_600_000,
+                                    tele_period_s=300)
+    await device.start()
+    try:
+        server = await server_factory(**FAST)
+        cfg = {"type": "mqtt", "preset": "tasmota", "host": mosquitto.host,
+               "port": mosquitto.port, "topic": topic, "poll_interval_s": 300}
+        await put_breaker(server, "TAS-F", cfg)
+        await wait_breaker(server, "TAS-F", lambda b: b["state"] == "open")
+        token = (await new_driver(server, "tas-fresh@example.com"))["token"]
+        session = await start_session(server, token, "TAS-F")
+        assert session["status"] == "charging", session
+        await asyncio.sleep(2.5)  # ~2.5 kWh drawn, no telemetry meanwhile
+        await server.api("POST", f"/api/v1/sessions/{session['id']}/stop", token=token,
+                         expect=202)
+        done = await wait_status(server, session["id"], token, "completed", timeout=20)
+        assert device.output is False
+        assert done["energy_wh"] == int(device.energy_wh) >= 2000
+    finally:
+        await device.stop()

@@ -69,6 +69,9 @@ def test_normalised_values() -> None:
         ({**SHELLY, "preset": "shelly_gen1"}, "driver.preset"),
         ({**TASMOTA, "relay": 0}, "driver.relay"),
         ({**TASMOTA, "password_env": "lower-case-bad"}, "driver.password_env"),
+        # another of the server's secrets must not be sent to an operator's broker
+        ({**TASMOTA, "password_env": "CSMS_ADMIN_TOKEN"}, "driver.password_env"),
+        ({**TASMOTA, "password_env": "STRIPE_API_KEY"}, "driver.password_env"),
         ({**GENERIC, "command": {"topic": "a/#"}}, "driver.command.topic"),
         ({**GENERIC, "state": [{"topic": "ok"}, {"topic": ""}]}, "driver.state.1.topic"),
         ({**GENERIC, "meter": {"topic": "m", "energy": {"unit": "W"}}}, "driver.meter.0.energy"),
