@@ -9,14 +9,22 @@ generic ``POST /api/v1/charge-points/{id}/commands/{Action}``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+)
 
 from api.app import CTX, json_response, read_body, require_operator
 from csms.errors import InvalidRequest, Unavailable
-from csms.operations import OperationsService, records_json
+from csms.operations import MAX_CONNECTOR_ID, JobKind, OperationsService, records_json
 
 routes = web.RouteTableDef()
 
@@ -52,16 +60,33 @@ def _query(request: web.Request, model: type[BaseModel]) -> Any:
 
 
 # -- bodies ---------------------------------------------------------------------------------
+# Bodies are strict (no "16" for 16, no "yes" for true: a 400 naming the field); date-times
+# are ISO 8601 strings with a time zone.
+
+BODY = ConfigDict(extra="forbid", strict=True)
+
+
+def _iso_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 date-time string with a time zone")
+    return value
+
+
+IsoDatetime = Annotated[AwareDatetime, Strict(False), BeforeValidator(_iso_text)]
+"""An ISO 8601 date-time with a time zone, given as a string (a strict body would refuse
+the string; a lax one would take a number of seconds)."""
 
 
 class ReservationIn(BaseModel):
     """POST .../reservations: reserve ``connector_id`` (0 = any, 1.6 §5.13 / 2.0.1 evseId)
     for ``id_tag`` until ``expiry_date``; ``parent_id_tag`` defaults to the tag's parent."""
 
-    model_config = ConfigDict(extra="forbid")
-    connector_id: int = Field(default=0, ge=0, lt=2**31)
+    model_config = BODY
+    connector_id: int = Field(default=0, ge=0, le=MAX_CONNECTOR_ID)
+    """At most the highest connector the charger reported (400 otherwise)."""
     id_tag: str = Field(min_length=1, max_length=36)
-    expiry_date: AwareDatetime
+    expiry_date: IsoDatetime
+    """In the future (400 otherwise)."""
     parent_id_tag: str | None = Field(default=None, min_length=1, max_length=36)
 
 
@@ -69,7 +94,7 @@ class LocalListIn(BaseModel):
     """POST .../local-list: Full (all tags, or only ``tags``) or Differential (``tags``: known
     ones added/updated, unknown ones removed)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY
     update_type: Literal["Full", "Differential"]
     tags: list[str] | None = Field(default=None, max_length=10000)
 
@@ -78,7 +103,7 @@ class ChargingProfileIn(BaseModel):
     """POST .../charging-profiles: ``profile`` in the charger's version's shape (1.6
     csChargingProfiles, 2.0.1 chargingProfile), checked against the OCPP schema."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY
     connector_id: int = Field(ge=0, lt=2**31)
     profile: dict[str, Any]
 
@@ -86,7 +111,7 @@ class ChargingProfileIn(BaseModel):
 class RemoteStartIn(BaseModel):
     """POST .../charging-profiles/remote-start: RemoteStartTransaction with a TxProfile."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY
     connector_id: int = Field(ge=1, lt=2**31)
     id_tag: str = Field(min_length=1, max_length=36)
     profile: dict[str, Any]
@@ -109,7 +134,7 @@ class ProfilesReportIn(BaseModel):
     """POST .../charging-profiles/report (2.0.1 GetChargingProfiles): a
     ChargingProfileCriterionType and an optional EVSE."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY
     evse_id: int | None = Field(default=None, ge=0, lt=2**31)
     criteria: dict[str, Any] = Field(default_factory=dict)
 
@@ -123,14 +148,28 @@ class CompositeQuery(BaseModel):
     unit: Literal["A", "W"] | None = None
 
 
+class JobsQuery(BaseModel):
+    """GET .../jobs?kind= (none: every kind)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: JobKind | None = None
+
+
+class SecurityEventsQuery(BaseModel):
+    """GET .../security-events?limit= (newest first, default 100)."""
+
+    model_config = ConfigDict(extra="forbid")
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
 class FirmwareIn(BaseModel):
     """POST .../firmware: 1.6 UpdateFirmware (or SignedUpdateFirmware with a signing
     certificate and signature), 2.0.1 UpdateFirmware. Retry interval in seconds."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY
     location: str = Field(min_length=1, max_length=512)
-    retrieve_date: AwareDatetime
-    install_date: AwareDatetime | None = None
+    retrieve_date: IsoDatetime
+    install_date: IsoDatetime | None = None
     retries: int | None = Field(default=None, ge=0, le=100)
     retry_interval: int | None = Field(default=None, ge=0, le=86400)
     signing_certificate: str | None = Field(default=None, min_length=1, max_length=5500)
@@ -140,10 +179,10 @@ class FirmwareIn(BaseModel):
 class DiagnosticsIn(BaseModel):
     """POST .../diagnostics (1.6 GetDiagnostics; 2.0.1 GetLog DiagnosticsLog)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY
     location: str = Field(min_length=1, max_length=512)
-    start_time: AwareDatetime | None = None
-    stop_time: AwareDatetime | None = None
+    start_time: IsoDatetime | None = None
+    stop_time: IsoDatetime | None = None
     retries: int | None = Field(default=None, ge=0, le=100)
     retry_interval: int | None = Field(default=None, ge=0, le=86400)
 
@@ -151,11 +190,11 @@ class DiagnosticsIn(BaseModel):
 class LogIn(BaseModel):
     """POST .../logs (GetLog, 1.6 whitepaper / 2.0.1 N01)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY
     log_type: Literal["DiagnosticsLog", "SecurityLog"]
     location: str = Field(min_length=1, max_length=512)
-    oldest: AwareDatetime | None = None
-    latest: AwareDatetime | None = None
+    oldest: IsoDatetime | None = None
+    latest: IsoDatetime | None = None
     retries: int | None = Field(default=None, ge=0, le=100)
     retry_interval: int | None = Field(default=None, ge=0, le=86400)
 
@@ -163,7 +202,7 @@ class LogIn(BaseModel):
 class CertificateIn(BaseModel):
     """POST .../certificates: InstallCertificate (PEM)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY
     certificate_type: Literal["CentralSystemRootCertificate", "ManufacturerRootCertificate",
                               "CSMSRootCertificate", "V2GRootCertificate",
                               "MORootCertificate"]
@@ -173,14 +212,14 @@ class CertificateIn(BaseModel):
 class CertificateQueryIn(BaseModel):
     """POST .../certificates/query: GetInstalledCertificateIds for these types (none: all)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY
     certificate_types: list[str] = Field(default_factory=list, max_length=10)
 
 
 class MonitorIn(BaseModel):
     """One monitor (2.0.1 SetMonitoringDataType in our names)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY
     component: str = Field(min_length=1, max_length=50)
     variable: str = Field(min_length=1, max_length=50)
     evse_id: int | None = Field(default=None, ge=0, lt=2**31)
@@ -192,7 +231,7 @@ class MonitorIn(BaseModel):
 class MonitorsIn(BaseModel):
     """POST .../monitors: 2.0.1 SetVariableMonitoring."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY
     monitors: list[MonitorIn] = Field(min_length=1, max_length=100)
 
 
@@ -218,7 +257,8 @@ async def get_reservations(request: web.Request) -> web.Response:
 
 @routes.post(BASE + "/reservations/{rid}/cancel")
 async def cancel_reservation(request: web.Request) -> web.Response:
-    """CancelReservation; Accepted -> Cancelled."""
+    """CancelReservation; Accepted -> Cancelled. 409 when the reservation is not open (used,
+    cancelled, expired or refused)."""
     ops = _ops(request)
     status, row = await ops.cancel_reservation(request.match_info["id"],
                                                _int_path(request, "rid"))
@@ -356,8 +396,11 @@ async def post_log(request: web.Request) -> web.Response:
 
 @routes.get(BASE + "/jobs")
 async def get_jobs(request: web.Request) -> web.Response:
-    """Firmware / diagnostics / log / report jobs with their status history (``?kind=``)."""
-    rows = await _ops(request).jobs(request.match_info["id"], request.query.get("kind"))
+    """Firmware / diagnostics / log / report jobs with their status history (``?kind=``;
+    400 naming ``kind`` for an unknown one)."""
+    ops = _ops(request)
+    q: JobsQuery = _query(request, JobsQuery)
+    rows = await ops.jobs(request.match_info["id"], q.kind)
     return json_response({"items": records_json(rows)})
 
 
@@ -402,8 +445,11 @@ async def delete_certificate(request: web.Request) -> web.Response:
 
 @routes.get(BASE + "/security-events")
 async def get_security_events(request: web.Request) -> web.Response:
-    """SecurityEventNotifications, newest first."""
-    rows = await _ops(request).security_events(request.match_info["id"])
+    """SecurityEventNotifications, newest first (``?limit=`` 1-1000, default 100; 400 naming
+    ``limit`` otherwise)."""
+    ops = _ops(request)
+    q: SecurityEventsQuery = _query(request, SecurityEventsQuery)
+    rows = await ops.security_events(request.match_info["id"], q.limit)
     return json_response({"items": records_json(rows)})
 
 

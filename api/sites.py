@@ -14,27 +14,35 @@ from csms.load import LoadManager
 routes = web.RouteTableDef()
 
 
+BODY = ConfigDict(extra="forbid", strict=True)
+"""Strict bodies: ``"16"`` is not a number and ``"yes"`` not a boolean (400 naming the field);
+integers are accepted where a float is expected."""
+
+
 class MemberIn(BaseModel):
     """A charge point behind the feeder (an OCPP charger or a breaker site)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY
     charge_point_id: str = Field(min_length=1, max_length=255)
     priority: int = Field(default=0, ge=-100, le=100)
     """Higher is admitted first and paused last."""
     max_current_a: float = Field(default=32.0, ge=6, le=630)
-    """The charger's rating, A (a breaker's own rated current applies to its outlets)."""
+    """The charger's rating, A (a breaker's own rated current applies to its outlets); at
+    least the site's ``min_current_a`` for a charger (400 otherwise)."""
 
 
 class SiteIn(BaseModel):
     """PUT /api/v1/sites/{id}: the feeder and who is behind it (members replace the old
     list)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY
     rated_current_a: float = Field(gt=0, le=6300)
     phases: int = Field(default=1, ge=1, le=3)
     safety_margin_pct: float = Field(default=10.0, ge=0, lt=100)
     min_current_a: float = Field(default=6.0, ge=0, le=80)
-    """The lowest current a charger is given while charging (IEC 61851-1: 6 A)."""
+    """The lowest current a charger is given while charging (IEC 61851-1: 6 A); at most the
+    site's limit (rated less the margin) and at most every member charger's
+    ``max_current_a`` (400 otherwise)."""
     members: list[MemberIn] = Field(default_factory=list, max_length=1000)
 
 
@@ -55,7 +63,8 @@ def _site_id(request: web.Request) -> str:
 @routes.put("/api/v1/sites/{id}")
 async def put_site(request: web.Request) -> web.Response:
     """Create or replace a site; returns it. 400 names the bad field, 409 when a member
-    belongs to another site."""
+    belongs to another site. Queued sessions of members it removes (or that can no longer
+    fit) fail and their holds are released (docs/load-management.md)."""
     require_operator(request)
     site_id = _site_id(request)
     body: SiteIn = await read_body(request, SiteIn)

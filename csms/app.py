@@ -137,6 +137,7 @@ class Csms:
             LoadSettings(interval_s=s.load_interval, push_timeout_s=s.load_push_timeout),
         )
         self.load.start_queued = self.sessions.start_queued
+        self.load.fail_queued = self.sessions.fail_queued
         self.sessions.admission = self.load
 
     async def _payment_changed(self, view: object) -> None:

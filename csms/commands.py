@@ -3,12 +3,19 @@
 ``call`` validates the request against the action's schema for the charger's version, records
 it (``command`` table), sends it and waits (``CSMS_COMMAND_TIMEOUT`` seconds by default). It
 returns the charger's CALLRESULT payload or raises one of :mod:`csms.errors` - never None.
+
+An answer that does not match the action's response schema is only logged (the generic
+commands route shows the operator what the charger sent), unless the caller asks for a
+``strict`` answer: the operations that store or parse what the charger answered
+(``csms.operations``) get :class:`csms.errors.InvalidAnswer` (HTTP 502, naming the field)
+instead of garbage. Either way the raw answer is kept in the ``command`` row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,6 +25,7 @@ from csms.errors import (
     CallFailed,
     CallRejected,
     CallTimeout,
+    InvalidAnswer,
     InvalidRequest,
     NotConnected,
     NotFound,
@@ -43,6 +51,20 @@ def _coerce_configuration(payload: dict[str, Any]) -> dict[str, Any]:
 _RESPONSE_FIXERS = {"GetConfiguration": _coerce_configuration}
 
 PASSWORD_ACCEPTED = frozenset({"Accepted", "RebootRequired"})
+
+_MISSING = re.compile(r"must contain \['([^']+)'")
+
+
+def _invalid_answer(action: str, exc: OcppError) -> InvalidAnswer:
+    """The error of a strict call whose answer fails the schema; ``field`` is the offending
+    field (for a missing required property, the property's name)."""
+    field = exc.details.get("field") or None
+    if field is None:
+        missing = _MISSING.search(exc.description)
+        field = missing.group(1) if missing else None
+    return InvalidAnswer(
+        f"the charger's {action} answer does not match the OCPP schema: {exc.description}",
+        field=field)
 
 
 def _sets_password(action: str, payload: dict[str, Any]) -> bool:
@@ -76,6 +98,7 @@ class CommandService:
         timeout: float | None = None,
         *,
         secret: bool = False,
+        strict: bool = False,
     ) -> dict[str, Any]:
         """Send ``action`` with ``payload`` (OCPP field names) to ``cp_id``.
 
@@ -83,6 +106,11 @@ class CommandService:
         ``SecurityCtrlr.BasicAuthPassword``) is refused unless ``secret`` (only
         :meth:`rotate_password` sends it: it keeps the stored hash in step, and the password is
         not recorded).
+
+        ``strict``: the answer must match the action's response schema (an operation that
+        stores or parses it); without it a deviating answer is logged and returned as sent.
+        The answer is recorded in the ``command`` row either way (status ``invalid_answer``
+        when a strict call refused it).
 
         Returns:
             the charger's CALLRESULT payload.
@@ -93,6 +121,8 @@ class CommandService:
             InvalidRequest: unknown action for the charger's version, or the payload fails the
                 action's schema (``field`` names the field).
             CallTimeout / CallRejected / ConnectionLost: see :mod:`csms.errors`.
+            InvalidAnswer: ``strict`` and the answer fails the schema (``field`` names the
+                offending field of the answer).
         """
         conn = self.registry.get(cp_id)
         if conn is None:
@@ -128,8 +158,13 @@ class CommandService:
                 response = fixer(response)
             try:
                 rpc.validate(conn.version, action, response, response=True)
-            except (OcppError, KeyError) as exc:
+            except OcppError as exc:
+                if strict:
+                    status = "invalid_answer"
+                    raise _invalid_answer(action, exc) from None
                 log.warning("%s: %s response deviates from the schema: %s", cp_id, action, exc)
+            except KeyError as exc:  # no response schema to check against
+                log.warning("%s: %s response not checked: %s", cp_id, action, exc)
             return response
         except CallTimeout:
             status = "timeout"
@@ -137,6 +172,8 @@ class CommandService:
         except CallRejected as exc:
             status, error_code = "error", exc.ocpp_code
             raise
+        except InvalidAnswer:
+            raise  # status already invalid_answer
         except CallFailed:
             status = "connection_lost"
             raise

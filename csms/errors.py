@@ -8,6 +8,7 @@ CsmsError
  +-- CallFailed            a CSMS-initiated call did not succeed
       +-- CallTimeout      no answer within the timeout                  -> 504
       +-- CallRejected     the charger answered a CALLERROR              -> 502
+      +-- InvalidAnswer    a strict call's CALLRESULT fails its schema   -> 502
       +-- ConnectionLost   the socket closed while we waited             -> 502
       +-- DeviceNotConfirmed  a breaker did not confirm a close/open     -> 504
       +-- DeviceUnreachable   a breaker command could not be delivered   -> 502
@@ -93,6 +94,15 @@ class CallRejected(CallFailed):
         self.ocpp_code = ocpp_code
         self.description = description
         self.details = details
+
+
+class InvalidAnswer(CallFailed):
+    """The charger answered a CALLRESULT that does not match the action's OCPP schema, and
+    the caller asked for a strict answer (``CommandService.call(..., strict=True)``: an
+    operation that stores or parses it). ``field`` names the offending field of the answer
+    (``status``, ``certificateHashData``...); the raw answer is kept in the ``command`` row."""
+
+    code = "invalid_answer"
 
 
 class PaymentRequired(CsmsError):

@@ -10,10 +10,15 @@ pushes (drawn in docs/load-management.md):
   the hold): the session is admitted when it fits (capacity reserved, shares of the others
   lowered first), else it is ``queued``; when capacity frees, :meth:`SessionService.start_queued`
   starts it the normal way.
+* a queued session that can never start on its site fails (``fail_queued``:
+  ``SessionService.fail_queued``, which releases its hold): its charge point was removed from
+  the site (a PUT with fewer members; also found at start for sessions left queued outside any
+  site), or the site no longer fits it even when empty (an outlet rated above a lowered limit).
 * a transaction starts or stops on a member (``ChargingService.start_listeners`` /
   ``stop_listeners``), or a session leaves (failed, stopped while queued): a pass runs at once.
 * measured current: ``Current.Import`` of member chargers' MeterValues (``service.watchers``)
-  and each member breaker's last reading. When the total passes the limit, the limit used for
+  and the last reading of **every** member breaker that reads closed, with or without a session
+  (an operator's forced close draws too). When the total passes the limit, the limit used for
   sharing is lowered by the excess (``trim_a``) at once; the trim is given back by halves once
   the measured total plus half the trim fits again.
 * pushes (only where a charger's limit changed by 0.1 A or more; every decrease is answered
@@ -133,9 +138,15 @@ class _SiteState:
     @property
     def limit_a(self) -> Decimal:
         """Rated current less the safety margin, A (rounded down to 0.1 A)."""
-        rated = Decimal(str(self.site.rated_current_a))
-        margin = Decimal(str(self.site.safety_margin_pct)) / 100
-        return floor_step(rated * (1 - margin))
+        return site_limit(self.site.rated_current_a, self.site.safety_margin_pct)
+
+
+def site_limit(rated_current_a: float, safety_margin_pct: float) -> Decimal:
+    """A site's limit: ``rated_current_a`` (A) less ``safety_margin_pct`` (%), rounded down to
+    0.1 A."""
+    rated = Decimal(str(rated_current_a))
+    margin = Decimal(str(safety_margin_pct)) / 100
+    return floor_step(rated * (1 - margin))
 
 
 def _key(cp_id: str, connector_id: int) -> str:
@@ -186,6 +197,9 @@ class LoadManager:
         self.settings = settings or LoadSettings()
         self.start_queued: Callable[[int], Awaitable[None]] | None = None
         """Starts a session that left the queue (``SessionService.start_queued``)."""
+        self.fail_queued: Callable[[int, str], Awaitable[object]] | None = None
+        """Fails a queued session that can never start here and releases its hold
+        (``SessionService.fail_queued``: only while it is still queued)."""
         self._sites: dict[str, _SiteState] = {}
         self._site_of: dict[str, str] = {}
         """Member charge point -> site id."""
@@ -201,8 +215,11 @@ class LoadManager:
         transactions and meter values; start the periodic pass."""
         ids = await self.db.read(
             lambda s: s.execute(select(col(Site.id)).order_by(col(Site.id))))
+        doomed: list[tuple[int, str]] = []
         for site_id in list(ids.scalars()):
             await self._load(site_id)
+            doomed += self._drop_impossible(self._sites[site_id])
+        await self._fail_sessions(doomed + await self._stranded())
         self.service.start_listeners.append(self._on_start)
         self.service.stop_listeners.append(self._on_stop)
         self._task = asyncio.create_task(self._run(), name="load-manager")
@@ -236,13 +253,31 @@ class LoadManager:
 
     async def put_site(self, site_id: str, values: dict[str, Any]) -> dict[str, Any]:
         """Create or replace a site (``values``: rated_current_a, phases, safety_margin_pct,
-        min_current_a, members [{charge_point_id, priority, max_current_a}]).
+        min_current_a, members [{charge_point_id, priority, max_current_a}]; A, %).
+
+        Queued sessions that can never start after the change fail and their holds are
+        released before this returns: those of charge points no longer in any site, and those
+        the site cannot fit even when empty (see :meth:`_drop_impossible`).
 
         Raises:
-            InvalidRequest: a member is not a registered charge point (``field`` names it).
+            InvalidRequest: a member is not a registered charge point (``field`` names it);
+                ``min_current_a`` is above the site's limit; a member charger's
+                ``max_current_a`` is below ``min_current_a`` (``members.N.max_current_a``).
             Conflict: a member belongs to another site.
         """
         members: list[dict[str, Any]] = values["members"]
+        limit = site_limit(values["rated_current_a"], values["safety_margin_pct"])
+        min_a = Decimal(str(values["min_current_a"]))
+        if min_a > limit:
+            raise InvalidRequest(
+                f"min_current_a {min_a} A is above the site's limit {limit} A (rated current "
+                "less the safety margin): no charger could ever start", field="min_current_a")
+        for i, m in enumerate(members):
+            max_a = Decimal(str(m["max_current_a"]))
+            if self._kind(m["charge_point_id"]) == "charger" and max_a < min_a:
+                raise InvalidRequest(
+                    f"max_current_a {max_a} A is below the site's min_current_a {min_a} A",
+                    field=f"members.{i}.max_current_a")
 
         async def unit(s: AsyncSession) -> None:
             seen: set[str] = set()
@@ -275,8 +310,58 @@ class LoadManager:
         await self.db.write(unit)
         async with self._lock:
             await self._load(site_id)
+            doomed = self._drop_impossible(self._sites[site_id])
+        await self._fail_sessions(doomed + await self._stranded())
         self._wake.set()
         return self.site_json(site_id)
+
+    async def _stranded(self) -> list[tuple[int, str]]:
+        """Queued sessions whose charge point is in no site (removed while they waited, or
+        left so by an older version): (session id, failure reason)."""
+        rows = await self.db.read(lambda s: s.execute(
+            select(col(ChargingSession.id), col(ChargingSession.charge_point_id)).where(
+                col(ChargingSession.status) == "queued",
+                col(ChargingSession.charge_point_id).not_in(
+                    select(col(SiteMember.charge_point_id))))))
+        return [(sid, f"charge point {cp_id!r} was removed from its site while the session "
+                      "was queued") for sid, cp_id in rows if sid is not None]
+
+    def _drop_impossible(self, st: _SiteState) -> list[tuple[int, str]]:
+        """Take out of the queue the sessions that cannot fit on this site even when it is
+        empty (an outlet rated above the limit, a charger's minimum above it): (session id,
+        failure reason). Judged on the limit without the trim (a trim is temporary)."""
+        out: list[tuple[int, str]] = []
+        for e in list(st.queue):
+            if self._impossible(st, e):
+                st.queue.remove(e)
+                if e.session_id is not None:
+                    out.append((e.session_id, self._too_big(st, e)))
+        if out:
+            self._export(st)
+        return out
+
+    def _impossible(self, st: _SiteState, e: _Entry) -> bool:
+        """True if ``e`` could not start on this site even with nothing else running."""
+        d = self._demand(st, e, active=False)
+        return d.key in allocate(st.limit_a, [d]).rejected
+
+    @staticmethod
+    def _too_big(st: _SiteState, e: _Entry) -> str:
+        return (f"this {e.kind} needs more current than site {st.site.id!r} can give "
+                f"({st.limit_a} A)")
+
+    async def _fail_sessions(self, doomed: list[tuple[int, str]]) -> None:
+        """Fail queued sessions (their holds are released); one failure does not stop the
+        others."""
+        for session_id, reason in doomed:
+            if self.fail_queued is None:
+                log.warning("session %s cannot start (%s) but nobody can fail it", session_id,
+                            reason)
+                continue
+            try:
+                await self.fail_queued(session_id, reason)
+            except Exception:
+                log.exception("failing queued session %s failed", session_id)
 
     async def _load(self, site_id: str) -> None:
         """(Re)build a site's state from the database: members, running transactions,
@@ -373,8 +458,9 @@ class LoadManager:
 
     def allocation_json(self, site_id: str) -> dict[str, Any]:
         """The API shape of a site's live state: limit, measured total, each running or
-        starting session's allocation and measurement, the queue. Currents A. Raises
-        NotFound."""
+        starting session's allocation and measurement, member breakers that read closed
+        without a session (``unmanaged``: e.g. a forced close; counted in ``measured_a``, not
+        allocated), the queue. Currents A. Raises NotFound."""
         st = self._state(site_id)
         alloc = st.allocation
         amps = alloc.amps if alloc is not None else {}
@@ -400,6 +486,10 @@ class LoadManager:
                 }
                 for e in st.running.values()
             ],
+            "unmanaged": [
+                {"charge_point_id": cp_id, "kind": "outlet", "measured_a": float(amps)}
+                for cp_id, amps in self._unmanaged(st)
+            ],
             "queue": [
                 {"position": n, "session_id": e.session_id, "charge_point_id": e.cp_id,
                  "connector_id": e.connector_id, "kind": e.kind}
@@ -417,7 +507,8 @@ class LoadManager:
         awaited before anything could take it out of the queue.
 
         Raises:
-            Conflict: it can never fit on this site (an outlet rated above the limit).
+            Conflict: it can never fit on this site, even empty (an outlet rated above the
+                limit; judged without the trim, which is temporary).
         """
         site_id = self._site_of.get(cp_id)
         if site_id is None:
@@ -426,15 +517,12 @@ class LoadManager:
             st = self._sites[site_id]
             key = _key(cp_id, connector_id)
             entry = _Entry(key, cp_id, connector_id, self._kind(cp_id), session_id)
+            if self._impossible(st, entry):
+                raise Conflict(self._too_big(st, entry), field="connector_id")
             st.queue.append(entry)
-            alloc = await self._pass(st, fresh=key)
+            await self._pass(st, fresh=key)
             if key in st.running:
                 return True
-            if key in alloc.rejected:
-                st.queue.remove(entry)
-                raise Conflict(
-                    f"this {entry.kind} needs more current than site {site_id!r} can give "
-                    f"({st.limit_a} A)", field="connector_id")
             await on_queued()
             self._export(st)
             log.info("site %s: session %s queued at position %s", site_id, session_id,
@@ -540,47 +628,74 @@ class LoadManager:
         async with self._lock:
             return await self._pass(self._state(site_id))
 
-    def _measured(self, st: _SiteState, e: _Entry) -> Decimal | None:
-        if e.kind == "charger":
-            return e.measured_a
-        live = self.breakers._live.get(e.cp_id) if self.breakers is not None else None
+    def _breaker_current(self, cp_id: str) -> Decimal | None:
+        """A breaker's last measured current, A, when it reads closed (else None)."""
+        live = self.breakers._live.get(cp_id) if self.breakers is not None else None
         r = live.reading if live is not None else None
         if r is None or r.state is not BreakerState.CLOSED or r.current_a is None:
             return None
         return Decimal(str(round(r.current_a, 3)))
 
+    def _measured(self, st: _SiteState, e: _Entry) -> Decimal | None:
+        if e.kind == "charger":
+            return e.measured_a
+        return self._breaker_current(e.cp_id)
+
+    def _unmanaged(self, st: _SiteState) -> list[tuple[str, Decimal]]:
+        """Member breakers that read closed and draw without a running or starting session
+        here (an operator's forced close): (charge point, A)."""
+        busy = {e.cp_id for e in st.running.values()}
+        out = []
+        for cp_id in sorted(st.members):
+            if cp_id in busy or self._kind(cp_id) != "outlet":
+                continue
+            amps = self._breaker_current(cp_id)
+            if amps is not None:
+                out.append((cp_id, amps))
+        return out
+
     def _measure(self, st: _SiteState, control: bool = False) -> Decimal:
         """The measured total, A: last Current.Import of running chargers plus the current
-        of closed member breakers. ``control``: a charger's sample taken before it accepted
-        a lower limit counts at most that limit (it is known to be stale; the next sample,
-        one metering interval later, shows whether the charger followed)."""
+        of every member breaker that reads closed, with or without a session (a forced close
+        draws too). ``control``: a charger's sample taken before it accepted a lower limit
+        counts at most that limit (it is known to be stale; the next sample, one metering
+        interval later, shows whether the charger followed)."""
         total = ZERO
         for e in st.running.values():
-            value = self._measured(st, e) or ZERO
+            if e.kind != "charger":
+                continue
+            value = e.measured_a or ZERO
             if control and e.lowered_to is not None and e.measured_at < e.lowered_at:
                 value = min(value, e.lowered_to)
             total += value
+        for cp_id in st.members:
+            if self._kind(cp_id) == "outlet":
+                total += self._breaker_current(cp_id) or ZERO
         return total
 
+    def _demand(self, st: _SiteState, e: _Entry, active: bool) -> Demand:
+        m = st.members.get(e.cp_id)
+        prio = m.priority if m is not None else 0
+        if e.kind == "outlet":
+            live = self.breakers._live.get(e.cp_id) if self.breakers is not None else None
+            rated = Decimal(live.row.rated_current_a) if live is not None else Decimal(16)
+            return Demand(e.key, "outlet", rated, rated, prio, active)
+        max_a = m.max_a if m is not None else Decimal(32)
+        return Demand(e.key, "charger", max_a, Decimal(str(st.site.min_current_a)), prio,
+                      active)
+
     def _demands(self, st: _SiteState) -> list[Demand]:
-        min_a = Decimal(str(st.site.min_current_a))
-
-        def demand(e: _Entry, active: bool) -> Demand:
-            m = st.members.get(e.cp_id)
-            prio = m.priority if m is not None else 0
-            if e.kind == "outlet":
-                live = self.breakers._live.get(e.cp_id) if self.breakers is not None else None
-                rated = Decimal(live.row.rated_current_a) if live is not None else Decimal(16)
-                return Demand(e.key, "outlet", rated, rated, prio, active)
-            max_a = m.max_a if m is not None else Decimal(32)
-            return Demand(e.key, "charger", max_a, min_a, prio, active)
-
-        return [*(demand(e, True) for e in st.running.values()),
-                *(demand(e, False) for e in st.queue)]
+        return [*(self._demand(st, e, True) for e in st.running.values()),
+                *(self._demand(st, e, False) for e in st.queue)]
 
     async def _pass(self, st: _SiteState, fresh: str | None = None) -> Allocation:
         """Measure, trim, allocate, push; queued sessions that fit move to ``running``
-        (``fresh``: the one being admitted right now, whose start the caller makes)."""
+        (``fresh``: the one being admitted right now, whose start the caller makes); queued
+        sessions that can no longer fit even on the empty site (its breaker's rating was
+        raised, say) fail."""
+        doomed = self._drop_impossible(st)
+        if doomed:
+            self._spawn(self._fail_sessions(doomed), "fail-queued")
         st.measured_a = self._measure(st)
         measured = self._measure(st, control=True)
         limit = st.limit_a

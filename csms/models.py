@@ -179,7 +179,8 @@ class OcppEvent(SQLModel, table=True):
 
 
 class Command(SQLModel, table=True):
-    """A CSMS-initiated call and its outcome (sent | answered | error | timeout)."""
+    """A CSMS-initiated call and its outcome (sent | answered | error | timeout |
+    connection_lost | invalid_answer: a strict call's answer failed its schema)."""
 
     __tablename__ = "command"
 

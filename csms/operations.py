@@ -30,6 +30,13 @@ set_variable_monitoring             (none)                          SetVariableM
 Reservations become Used when a transaction starts with their reservationId, or by their idTag
 (or a tag with their parentIdTag) on their connector or any connector for a charger-wide one
 (1.6 §3.10, 2.0.1 H03); Expired once past their expiry date (decided when read, and stored).
+
+Every call here asks for a strict answer (``CommandService.call(..., strict=True)``): an answer
+that does not match the OCPP schema raises :class:`csms.errors.InvalidAnswer` (HTTP 502 naming
+the field) and **nothing is stored from it**: a record made before the call (reservation, local
+list version, job) ends as after a timeout (``Failed``; a job's history says why), and records
+made from the answer (profiles, certificates, reported list version) are not written. The raw
+answer stays in the ``command`` row (status ``invalid_answer``).
 """
 
 from __future__ import annotations
@@ -38,16 +45,16 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from csms.commands import CommandService
 from csms.db import Database
-from csms.errors import Conflict, InvalidRequest, NotConnected, NotFound
-from csms.models import ChargePoint, DriverTag, IdTag, utcnow
+from csms.errors import CallFailed, Conflict, InvalidRequest, NotConnected, NotFound
+from csms.models import ChargePoint, Connector, DriverTag, IdTag, utcnow
 from csms.ocpp import rpc
 from csms.ocpp.connection import CallContext, Handler, Route
 from csms.operations_models import (
@@ -78,6 +85,15 @@ TERMINAL_STATUSES = frozenset({
 """A job in one of these statuses is finished."""
 
 OPEN_RESERVATION = "Accepted"
+_OPEN = frozenset({OPEN_RESERVATION})
+CANCELLABLE = frozenset({OPEN_RESERVATION, "Requested", "Failed"})
+"""Reservations a CancelReservation is sent for: Accepted, and those whose ReserveNow got no
+(valid) answer, which the charger may hold. Used, Cancelled, Expired and refused ones are a
+409."""
+MAX_CONNECTOR_ID = 99
+"""Highest connector / EVSE id an operation may name (the sessions API uses the same bound)."""
+JobKind = Literal["firmware", "signed_firmware", "diagnostics", "log", "charging_profiles"]
+JOB_KINDS: tuple[str, ...] = get_args(JobKind)
 MAX_ID_TAG_16 = 20
 """OCPP 1.6 idTag is CiString20Type (2.0.1 idToken: 36)."""
 
@@ -129,13 +145,20 @@ def _profile_key(profile: dict[str, Any]) -> tuple[int, str, int, str | None]:
 
 
 def _history(job: FirmwareJob, status: str, source: str, **extra: Any) -> None:
-    """Append a status to a job (a new list, so the JSON column is written)."""
-    entry = {"status": status, "at": format_utc(utcnow()), "source": source}
+    """Append a status to a job (a new list, so the JSON column is written). A terminal status
+    finishes the job (``finished_at`` set when it becomes finished); any other reopens it."""
+    now = utcnow()
+    entry = {"status": status, "at": format_utc(now), "source": source}
     entry.update({k: v for k, v in extra.items() if v is not None})
     job.history = [*job.history, entry]
     job.status = status
-    job.finished = status in TERMINAL_STATUSES
-    job.updated_at = utcnow()
+    finished = status in TERMINAL_STATUSES
+    if not finished:
+        job.finished_at = None
+    elif not job.finished or job.finished_at is None:
+        job.finished_at = now
+    job.finished = finished
+    job.updated_at = now
 
 
 class OperationsService:
@@ -179,6 +202,15 @@ class OperationsService:
         if await self.db.read(lambda s: s.get(ChargePoint, cp_id)) is None:
             raise NotFound(f"unknown charge point {cp_id!r}", field="id")
 
+    async def _call(self, cp_id: str, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """``commands.call`` asking for a strict answer (see the module docstring).
+
+        Raises:
+            InvalidAnswer: the answer fails the OCPP schema (``field`` names the field).
+            and everything :meth:`csms.commands.CommandService.call` raises.
+        """
+        return await self.commands.call(cp_id, action, payload, strict=True)
+
     # -- reservations (1.6 §5.13 / §5.1; 2.0.1 H01-H04) -----------------------------------
 
     async def reserve_now(
@@ -188,8 +220,28 @@ class OperationsService:
         """Reserve ``connector_id`` (0 = any connector) for ``id_tag`` until ``expiry_date``.
         Without ``parent_id_tag`` the operator tag's parent (if any) is sent, so any tag of the
         same group may use it (TC_053). Returns the stored reservation; its ``status`` is the
-        charger's answer (Accepted, Faulted, Occupied, Rejected, Unavailable)."""
+        charger's answer (Accepted, Faulted, Occupied, Rejected, Unavailable), or Failed when
+        there was no valid answer.
+
+        Raises:
+            InvalidRequest: ``expiry_date`` is not in the future; ``connector_id`` is above
+                :data:`MAX_CONNECTOR_ID` or above the highest connector the charger reported
+                (StatusNotification); ``id_tag`` is empty.
+            NotFound / NotConnected: see :meth:`version`.
+            CallFailed (InvalidAnswer, CallTimeout, ...): the reservation is stored Failed.
+        """
+        if expiry_date <= utcnow():
+            raise InvalidRequest("expiry_date must be in the future", field="expiry_date")
+        if not 0 <= connector_id <= MAX_CONNECTOR_ID:
+            raise InvalidRequest(f"connector_id must be 0-{MAX_CONNECTOR_ID}",
+                                 field="connector_id")
         version = await self.version(cp_id)
+        highest = await self.db.read(lambda s: s.scalar(
+            select(func.max(col(Connector.connector_id))).where(
+                col(Connector.charge_point_id) == cp_id, col(Connector.connector_id) > 0)))
+        if highest is not None and connector_id > highest:
+            raise InvalidRequest(f"charge point {cp_id!r} has reported connectors 1-{highest} "
+                                 "(0 reserves any)", field="connector_id")
         tag = canonical_id_tag(id_tag)
         if tag is None:
             raise InvalidRequest("id_tag is empty", field="id_tag")
@@ -217,7 +269,7 @@ class OperationsService:
                 payload["parentIdTag"] = parent
         status = "Failed"
         try:
-            answer = await self.commands.call(cp_id, "ReserveNow", payload)
+            answer = await self._call(cp_id, "ReserveNow", payload)
             status = str(answer.get("status"))
         except InvalidRequest:
             await self.db.write(lambda s: s.execute(delete(Reservation).where(
@@ -233,15 +285,25 @@ class OperationsService:
 
         Raises:
             NotFound: no such reservation at this charger.
+            Conflict: it is not open (Used, Cancelled, Expired - an Accepted one past its
+                expiry date is stored Expired now - or refused by the charger); nothing is
+                sent. See :data:`CANCELLABLE`.
+            CallFailed: as :meth:`csms.commands.CommandService.call` (strict answer).
         """
         row = await self.db.read(lambda s: s.get(Reservation, reservation_id))
         if row is None or row.charge_point_id != cp_id:
             raise NotFound(f"unknown reservation {reservation_id}", field="reservation_id")
-        answer = await self.commands.call(cp_id, "CancelReservation",
-                                          {"reservationId": reservation_id})
+        state = row.status
+        if state == OPEN_RESERVATION and row.expiry_date <= utcnow():
+            await self._set_reservation(reservation_id, "Expired", only_from=_OPEN)
+            state = "Expired"
+        if state not in CANCELLABLE:
+            raise Conflict(f"reservation {reservation_id} is {state}: there is nothing to "
+                           "cancel", field="status")
+        answer = await self._call(cp_id, "CancelReservation", {"reservationId": reservation_id})
         status = str(answer.get("status"))
         if status == "Accepted":
-            await self._set_reservation(reservation_id, "Cancelled", only_from=OPEN_RESERVATION)
+            await self._set_reservation(reservation_id, "Cancelled", only_from=CANCELLABLE)
         return status, await self._reservation(reservation_id)
 
     async def reservations(self, cp_id: str) -> list[Reservation]:
@@ -262,11 +324,13 @@ class OperationsService:
 
         return await self.db.write(unit)
 
-    async def _set_reservation(self, rid: int, status: str, only_from: str | None = None,
+    async def _set_reservation(self, rid: int, status: str,
+                               only_from: frozenset[str] | None = None,
                                transaction_pk: int | None = None) -> None:
+        """Store a reservation's status (only when its status is in ``only_from``, if given)."""
         async def unit(s: AsyncSession) -> None:
             row = await s.get(Reservation, rid)
-            if row is None or (only_from is not None and row.status != only_from):
+            if row is None or (only_from is not None and row.status not in only_from):
                 return
             row.status = status
             row.updated_at = utcnow()
@@ -370,7 +434,7 @@ class OperationsService:
                        "localAuthorizationList": items}
         status = "Failed"
         try:
-            answer = await self.commands.call(cp_id, "SendLocalList", payload)
+            answer = await self._call(cp_id, "SendLocalList", payload)
             status = str(answer.get("status"))
         finally:
             accepted = status == "Accepted"
@@ -445,7 +509,7 @@ class OperationsService:
         """GetLocalListVersion: the charger's list version (stored as ``reported_version``;
         -1 / 0 mean not enabled / empty, 1.6 §5.10)."""
         version = await self.version(cp_id)
-        answer = await self.commands.call(cp_id, "GetLocalListVersion", {})
+        answer = await self._call(cp_id, "GetLocalListVersion", {})
         number = int(answer.get("versionNumber" if version == rpc.OCPP201 else "listVersion", 0))
 
         async def store(s: AsyncSession) -> None:
@@ -485,7 +549,7 @@ class OperationsService:
             payload = {"evseId": connector_id, "chargingProfile": profile}
         else:
             payload = {"connectorId": connector_id, "csChargingProfiles": profile}
-        answer = await self.commands.call(cp_id, "SetChargingProfile", payload)
+        answer = await self._call(cp_id, "SetChargingProfile", payload)
         status = str(answer.get("status"))
         return await self._store_profile(cp_id, connector_id, profile, status, source)
 
@@ -529,7 +593,7 @@ class OperationsService:
         else:
             payload = {"connectorId": connector_id, "idTag": id_tag, "chargingProfile": profile}
             action = "RemoteStartTransaction"
-        status = str((await self.commands.call(cp_id, action, payload)).get("status"))
+        status = str((await self._call(cp_id, action, payload)).get("status"))
         if status == "Accepted":
             await self._store_profile(cp_id, connector_id, profile, "Accepted", "remote_start")
         return status
@@ -555,7 +619,7 @@ class OperationsService:
             payload = {k: v for k, v in (("id", profile_id), ("connectorId", connector_id),
                                          ("chargingProfilePurpose", purpose),
                                          ("stackLevel", stack_level)) if v is not None}
-        status = str((await self.commands.call(cp_id, "ClearChargingProfile", payload))
+        status = str((await self._call(cp_id, "ClearChargingProfile", payload))
                      .get("status"))
         if status != "Accepted":
             return status, 0
@@ -601,7 +665,7 @@ class OperationsService:
         payload: dict[str, Any] = {key: connector_id, "duration": duration}
         if unit is not None:
             payload["chargingRateUnit"] = unit
-        return await self.commands.call(cp_id, "GetCompositeSchedule", payload)
+        return await self._call(cp_id, "GetCompositeSchedule", payload)
 
     async def get_charging_profiles(self, cp_id: str, criteria: dict[str, Any],
                                     evse_id: int | None = None) -> FirmwareJob:
@@ -707,13 +771,17 @@ class OperationsService:
         assert job is not None
         answer: dict[str, Any] | None = None
         status = "Failed"
+        error: str | None = None
         try:
-            answer = await self.commands.call(cp_id, action, job.request)
+            answer = await self._call(cp_id, action, job.request)
             # 1.6 UpdateFirmware.conf is empty, GetDiagnostics.conf has only a fileName
             status = str(answer.get("status", "Accepted"))
         except InvalidRequest:
             await self.db.write(lambda s: s.execute(delete(FirmwareJob).where(
                 col(FirmwareJob.id) == job_id)))
+            raise
+        except (CallFailed, Conflict) as exc:
+            error = exc.message
             raise
         finally:
             async def store(s: AsyncSession) -> FirmwareJob | None:
@@ -721,7 +789,7 @@ class OperationsService:
                 if row is None:
                     return None
                 row.response = answer
-                _history(row, status, "answer")
+                _history(row, status, "answer", error=error)
                 if status == "AcceptedCanceled":  # 2.0.1 L01.FR.24 / N01: the older one stops
                     row.finished = False
                     older = await s.execute(select(FirmwareJob).where(
@@ -737,7 +805,13 @@ class OperationsService:
         return stored
 
     async def jobs(self, cp_id: str, kind: str | None = None) -> list[FirmwareJob]:
-        """A charger's jobs, newest first."""
+        """A charger's jobs, newest first (``kind``: one of :data:`JOB_KINDS`).
+
+        Raises:
+            NotFound: unknown charge point. InvalidRequest: unknown ``kind``.
+        """
+        if kind is not None and kind not in JOB_KINDS:
+            raise InvalidRequest(f"kind must be one of {', '.join(JOB_KINDS)}", field="kind")
         await self.require_charge_point(cp_id)
         q = select(FirmwareJob).where(col(FirmwareJob.charge_point_id) == cp_id)
         if kind is not None:
@@ -786,7 +860,7 @@ class OperationsService:
         MORootCertificate). Stored with its hash data; status Installed when Accepted, else the
         charger's answer (Rejected, Failed)."""
         await self.version(cp_id)
-        answer = await self.commands.call(cp_id, "InstallCertificate", {
+        answer = await self._call(cp_id, "InstallCertificate", {
             "certificateType": certificate_type, "certificate": certificate})
         status = str(answer.get("status"))
         hashes = certificate_hash_data(certificate) or {}
@@ -818,7 +892,7 @@ class OperationsService:
             payload: dict[str, Any] = {}
             if certificate_types:
                 payload["certificateType"] = certificate_types
-            answer = await self.commands.call(cp_id, "GetInstalledCertificateIds", payload)
+            answer = await self._call(cp_id, "GetInstalledCertificateIds", payload)
             status = str(answer.get("status"))
             for chain in answer.get("certificateHashDataChain") or []:
                 reported.append((str(chain.get("certificateType")),
@@ -827,8 +901,8 @@ class OperationsService:
             if not certificate_types:
                 certificate_types = ["CentralSystemRootCertificate", "ManufacturerRootCertificate"]
             for ctype in certificate_types:
-                answer = await self.commands.call(cp_id, "GetInstalledCertificateIds",
-                                                  {"certificateType": ctype})
+                answer = await self._call(cp_id, "GetInstalledCertificateIds",
+                                          {"certificateType": ctype})
                 status = str(answer.get("status"))
                 reported.extend((ctype, h) for h in answer.get("certificateHashData") or [])
 
@@ -879,7 +953,7 @@ class OperationsService:
             raise Conflict("the certificate's hash data is not known: query the charger's "
                            "certificate ids first")
         await self.version(cp_id)
-        answer = await self.commands.call(cp_id, "DeleteCertificate", {"certificateHashData": {
+        answer = await self._call(cp_id, "DeleteCertificate", {"certificateHashData": {
             "hashAlgorithm": row.hash_algorithm or "SHA256",
             "issuerNameHash": row.issuer_name_hash, "issuerKeyHash": row.issuer_key_hash,
             "serialNumber": row.serial_number}})
@@ -906,7 +980,13 @@ class OperationsService:
     # -- security events, monitoring ------------------------------------------------------
 
     async def security_events(self, cp_id: str, limit: int = 100) -> list[SecurityEvent]:
-        """A charger's security events, newest first."""
+        """A charger's security events, newest first, at most ``limit`` (1-1000).
+
+        Raises:
+            NotFound: unknown charge point. InvalidRequest: ``limit`` out of range.
+        """
+        if not 1 <= limit <= 1000:
+            raise InvalidRequest("limit must be 1-1000", field="limit")
         await self.require_charge_point(cp_id)
         rows = await self.db.read(lambda s: s.execute(select(SecurityEvent).where(
             col(SecurityEvent.charge_point_id) == cp_id).order_by(
@@ -919,8 +999,8 @@ class OperationsService:
         each is stored with the station's result status and monitor id."""
         if await self.version(cp_id) != rpc.OCPP201:
             raise InvalidRequest("SetVariableMonitoring is an OCPP 2.0.1 message", field="id")
-        answer = await self.commands.call(cp_id, "SetVariableMonitoring",
-                                          {"setMonitoringData": monitors})
+        answer = await self._call(cp_id, "SetVariableMonitoring",
+                                  {"setMonitoringData": monitors})
         results = list(answer.get("setMonitoringResult") or [])
 
         async def unit(s: AsyncSession) -> list[VariableMonitor]:
@@ -1038,7 +1118,7 @@ class OperationsService:
         if isinstance(rid, int) and new is not None:
             row = await self.db.read(lambda s: s.get(Reservation, rid))
             if row is not None and row.charge_point_id == ctx.charge_point_id:
-                await self._set_reservation(rid, new, only_from=OPEN_RESERVATION)
+                await self._set_reservation(rid, new, only_from=_OPEN)
         return {}
 
     async def _monitoring_report(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:

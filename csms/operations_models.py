@@ -143,7 +143,9 @@ class FirmwareJob(SQLModel, table=True):
     notifications that followed. ``kind``: firmware | signed_firmware | diagnostics | log |
     charging_profiles. ``request_id`` is the OCPP requestId where the message has one (our
     ``id``). ``status``: the answer (Accepted, Rejected, ...), then the last notified status;
-    ``history``: ``[{"status", "at", "source": "answer"|"notification", ...}]``."""
+    ``history``: ``[{"status", "at", "source": "answer"|"notification", ...}]`` (an answer
+    that failed has ``error``). ``finished``: the last status is terminal
+    (``csms.operations.TERMINAL_STATUSES``), since ``finished_at``."""
 
     __tablename__ = "firmware_job"
     __table_args__ = (Index("ix_firmware_job_cp_kind", "charge_point_id", "kind"),)
@@ -158,6 +160,7 @@ class FirmwareJob(SQLModel, table=True):
     status: str = Field(default="Requested", max_length=40)
     history: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     finished: bool = False
+    finished_at: datetime | None = _ts()
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime()))
 

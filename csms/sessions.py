@@ -865,9 +865,30 @@ class SessionService:
 
         await self.db.write(unit)
 
+    async def fail_queued(self, session_id: int, reason: str) -> ChargingSession | None:
+        """Fail a session that is still ``queued`` and release its hold (called by
+        ``csms.load`` when it can never start on its site: its charge point left the site, or
+        the site became too small for it). Returns the failed session; None (nothing done)
+        when it is no longer queued (started or stopped meanwhile)."""
+
+        async def take(s: AsyncSession) -> bool:
+            row = await s.get(ChargingSession, session_id)
+            if row is None or row.status != "queued":
+                return False
+            row.status, row.failure_reason, row.updated_at = "failed", reason, utcnow()
+            return True
+
+        if not await self.db.write(take):
+            return None
+        return await self._released(session_id, reason)
+
     async def _fail(self, session_id: int, reason: str) -> ChargingSession:
         """Fail a session that never charged and release its hold."""
         await self._set(session_id, status="failed", failure_reason=reason)
+        return await self._released(session_id, reason)
+
+    async def _released(self, session_id: int, reason: str) -> ChargingSession:
+        """After a session failed: free its place in the queue and release its hold."""
         if self.admission is not None:
             self.admission.release(session_id)
         try:

@@ -15,7 +15,7 @@ from breaker.simulated import SimulatedBreaker
 from tests.charger import RawCharger, basic_auth
 from tests.conftest import CP_PASSWORD, Server
 from tests.loadsim import LoadSimCharger
-from tests.test_lifeline import collected, new_driver, wait_status
+from tests.test_lifeline import collected, new_driver, stripe_get, wait_status
 
 INTERVAL = 0.2
 """The chargers' metering interval, seconds."""
@@ -334,3 +334,196 @@ async def test_ocpp201_start_pushes_a_valid_tx_profile(server_factory: Any) -> N
     for p in profiles:
         jsonschema.validate(p, schema)
     await cs.close()
+
+
+# -- a queued session whose site no longer has room for it ---------------------------------
+
+
+async def _queued_behind(server: Server, site: str, b1: str, b2: str, rated: float = 20
+                         ) -> tuple[str, dict[str, Any], str, dict[str, Any]]:
+    """Two 16 A outlets on a ``rated`` A site (margin 0): the first session charges, the second
+    is queued. Returns (token, first session, token, second session)."""
+    for bid in (b1, b2):
+        await server.api("PUT", f"/api/v1/breakers/{bid}", {
+            "driver": {"type": "simulator", "power_w": OUTLET_W}, "rated_current_a": 16},
+            expect=200)
+        await wait_for(lambda b=bid: _breaker_state(server, b, "open"))
+    await server.api("PUT", f"/api/v1/sites/{site}", {
+        "rated_current_a": rated, "safety_margin_pct": 0,
+        "members": [{"charge_point_id": b1}, {"charge_point_id": b2}]}, expect=200)
+    a = (await new_driver(server, f"{b1.lower()}@example.com"))["token"]
+    b = (await new_driver(server, f"{b2.lower()}@example.com"))["token"]
+    _, first = await server.api("POST", "/api/v1/sessions",
+                                {"charge_point_id": b1, "connector_id": 1}, token=a, expect=201)
+    _, second = await server.api("POST", "/api/v1/sessions",
+                                 {"charge_point_id": b2, "connector_id": 1}, token=b, expect=201)
+    assert first["status"] == "charging"
+    assert second["status"] == "queued" and second["queue_position"] == 1
+    assert second["payment"]["authorized_amount"] == 3000
+    return a, first, b, second
+
+
+async def _hold_released(server: Server, emulator: StripeEmulator, token: str,
+                         sid: int) -> dict[str, Any]:
+    """Wait until the session's hold is canceled at Stripe; returns the session."""
+    async def canceled() -> dict[str, Any] | None:
+        body = await session(server, token, sid)
+        intent = body["payment"]["payment_intent_id"]
+        pi = await stripe_get(emulator, f"payment_intents/{intent}")
+        return body if pi["status"] == "canceled" else None
+
+    return await wait_for(canceled, what="hold canceled")  # type: ignore[no-any-return]
+
+
+async def test_removing_a_member_fails_its_queued_session_and_releases_the_hold(
+    server_factory: Any, emulator: StripeEmulator
+) -> None:
+    """A PUT without the member whose session is queued: that session fails with a reason,
+    its ¥3000 hold is released (nothing collected) and the connector is free again (a new
+    session there starts at once: the charge point is in no site now)."""
+    server: Server = await server_factory(**FAST)
+    _, first, b, second = await _queued_behind(server, "RM", "RM-B1", "RM-B2")
+    _, site = await server.api("PUT", "/api/v1/sites/RM", {
+        "rated_current_a": 20, "safety_margin_pct": 0,
+        "members": [{"charge_point_id": "RM-B1"}]}, expect=200)
+    assert [m["charge_point_id"] for m in site["members"]] == ["RM-B1"]
+    failed = await session(server, b, second["id"])  # failed before the PUT answered
+    assert failed["status"] == "failed" and failed["queue_position"] is None
+    assert "removed from its site" in failed["failure_reason"]
+    failed = await _hold_released(server, emulator, b, second["id"])
+    assert await collected(emulator, failed["payment"]["payment_intent_id"]) == 0
+    _, alloc = await server.api("GET", "/api/v1/sites/RM/allocation", expect=200)
+    assert alloc["queue"] == [] and [m["session_id"] for m in alloc["members"]] == [first["id"]]
+    # the connector is not blocked: a new session on RM-B2 (no site now) starts at once
+    _, again = await server.api("POST", "/api/v1/sessions",
+                                {"charge_point_id": "RM-B2", "connector_id": 1}, token=b,
+                                expect=201)
+    assert again["status"] == "charging"
+
+
+async def test_shrinking_a_site_below_a_queued_outlet_fails_it(
+    server_factory: Any, emulator: StripeEmulator
+) -> None:
+    """The site's rating is lowered to 12 A: the queued 16 A outlet could never start there,
+    so it fails (hold released) instead of waiting forever; the running outlet keeps running
+    (an outlet is only cut by ending its session)."""
+    server: Server = await server_factory(**FAST)
+    a, first, b, second = await _queued_behind(server, "SH", "SH-B1", "SH-B2")
+    await server.api("PUT", "/api/v1/sites/SH", {
+        "rated_current_a": 12, "safety_margin_pct": 0,
+        "members": [{"charge_point_id": "SH-B1"}, {"charge_point_id": "SH-B2"}]}, expect=200)
+    failed = await session(server, b, second["id"])
+    assert failed["status"] == "failed" and failed["queue_position"] is None
+    assert "needs more current than site 'SH' can give (12.0 A)" in failed["failure_reason"]
+    await _hold_released(server, emulator, b, second["id"])
+    assert (await session(server, a, first["id"]))["status"] == "charging"
+    _, alloc = await server.api("GET", "/api/v1/sites/SH/allocation", expect=200)
+    assert alloc["queue"] == []
+
+
+async def test_a_queued_session_left_outside_any_site_fails_at_start(
+    server_factory: Any, emulator: StripeEmulator
+) -> None:
+    """A queued session whose charge point is in no site (left so by an older version, which
+    did not fail it when its member was removed) fails when the server starts, hold
+    released."""
+    from sqlalchemy import delete
+
+    from csms.load_models import SiteMember
+
+    server: Server = await server_factory(**FAST)
+    _, _, b, second = await _queued_behind(server, "ST", "ST-B1", "ST-B2")
+
+    async def drop_member(s: Any) -> None:  # what a PUT did before the fix, minus the fail
+        await s.execute(delete(SiteMember).where(SiteMember.charge_point_id == "ST-B2"))
+
+    await server.app.db.write(drop_member)
+    await server.restart()
+    failed = await session(server, b, second["id"])
+    assert failed["status"] == "failed" and "removed from its site" in failed["failure_reason"]
+    await _hold_released(server, emulator, b, second["id"])
+
+
+async def test_site_minimum_must_fit_the_limit_and_every_charger(server_factory: Any) -> None:
+    """min_current_a above a member charger's max_current_a, or above the site's limit, could
+    never be given: 400 naming the field. Bodies are strict: a string is not a number."""
+    server: Server = await server_factory(**FAST)
+    await server.register("MIN-C1")
+    await server.api("PUT", "/api/v1/breakers/MIN-B1", {
+        "driver": {"type": "simulator"}, "rated_current_a": 16}, expect=200)
+    status, body = await server.api("PUT", "/api/v1/sites/MIN", {
+        "rated_current_a": 100, "min_current_a": 80,
+        "members": [{"charge_point_id": "MIN-C1", "max_current_a": 6}]})
+    assert (status, body["error"]["field"]) == (400, "members.0.max_current_a")
+    status, body = await server.api("PUT", "/api/v1/sites/MIN", {
+        "rated_current_a": 10, "safety_margin_pct": 50, "min_current_a": 6})
+    assert (status, body["error"]["field"]) == (400, "min_current_a")  # limit 5 A
+    for bad, field in (({"rated_current_a": "16"}, "rated_current_a"),
+                       ({"rated_current_a": 16, "phases": "3"}, "phases"),
+                       ({"rated_current_a": 16, "phases": True}, "phases"),
+                       ({"rated_current_a": 16, "members": [
+                           {"charge_point_id": "MIN-C1", "priority": "1"}]},
+                        "members.0.priority")):
+        status, body = await server.api("PUT", "/api/v1/sites/MIN", bad)
+        assert (status, body["error"]["field"]) == (400, field), bad
+    # a breaker's max_current_a is not used (its rated current is): no 400 for it
+    _, site = await server.api("PUT", "/api/v1/sites/MIN", {
+        "rated_current_a": 100, "min_current_a": 40,
+        "members": [{"charge_point_id": "MIN-C1", "max_current_a": 40},
+                    {"charge_point_id": "MIN-B1"}]}, expect=200)
+    assert site["min_current_a"] == 40 and site["rated_current_a"] == 100
+
+
+async def test_a_forced_closed_member_breaker_counts_and_the_chargers_are_trimmed(
+    server_factory: Any,
+) -> None:
+    """40 A site: a charger (16 A) and outlet LC (a session, 16 A) run; the operator
+    force-closes outlet LB (no session, 10 A). The measured total counts LB (42 A), shows it
+    as unmanaged, and the overshoot trims the charger until the total fits the limit."""
+    server: Server = await server_factory(**FAST)
+    await server.register("FC-C1")
+    charger = await LoadSimCharger.connect(server.ocpp_url, "FC-C1", CP_PASSWORD,
+                                           interval_s=INTERVAL)
+    try:
+        for bid, watts in (("FC-LC", OUTLET_W), ("FC-LB", 2300.0)):
+            await server.api("PUT", f"/api/v1/breakers/{bid}", {
+                "driver": {"type": "simulator", "power_w": watts}, "rated_current_a": 16},
+                expect=200)
+            await wait_for(lambda b=bid: _breaker_state(server, b, "open"))
+        await server.api("PUT", "/api/v1/sites/FC", {
+            "rated_current_a": 40, "safety_margin_pct": 0,
+            "members": [{"charge_point_id": "FC-C1", "max_current_a": 16},
+                        {"charge_point_id": "FC-LC"}, {"charge_point_id": "FC-LB"}]},
+            expect=200)
+        tokens = [(await new_driver(server, f"fc{n}@example.com"))["token"] for n in range(2)]
+        for token, cp_id in zip(tokens, ("FC-LC", "FC-C1"), strict=True):
+            _, s = await server.api("POST", "/api/v1/sessions",
+                                    {"charge_point_id": cp_id, "connector_id": 1},
+                                    token=token, expect=201)
+            await wait_status(server, s["id"], token, "charging")
+
+        async def measured(low: float, high: float) -> dict[str, Any] | None:
+            _, alloc = await server.api("GET", "/api/v1/sites/FC/allocation", expect=200)
+            return alloc if low <= alloc["measured_a"] <= high else None
+
+        await wait_for(lambda: measured(31.9, 32.1), what="16 A + 16 A")
+        assert charger.draw_a == 16.0
+        await server.api("POST", "/api/v1/breakers/FC-LB/close",
+                         {"reason": "maintenance test", "force": True}, expect=200)
+        _, lb = await server.api("GET", "/api/v1/breakers/FC-LB", expect=200)
+        assert lb["state"] == "closed" and lb["current_a"] == 10.0
+        # LB counts: 16 + 16 + 10 = 42 A is over the 40 A limit (for a few passes) ...
+        alloc = await wait_for(lambda: measured(39.9, 42.1), what="LB counted")
+        assert alloc["unmanaged"] == [
+            {"charge_point_id": "FC-LB", "kind": "outlet", "measured_a": 10.0}]
+
+        # ... so the charger is trimmed until the total fits: 40 - 16 - 10 = 14 A
+        async def trimmed() -> bool:
+            return charger.draw_a == 14.0
+        await wait_for(trimmed, what="charger trimmed")
+        alloc = await wait_for(lambda: measured(39.9, 40.0), what="16 + 10 + 14 A")
+        assert alloc["trim_a"] > 0
+        assert {m["charge_point_id"]: m["allocated_a"] for m in alloc["members"]} == {
+            "FC-LC": 16.0, "FC-C1": 14.0}
+    finally:
+        await charger.close()
