@@ -178,6 +178,11 @@ class OperationsService:
         self.db = db
         self.commands = commands
         self.service = service
+        self._no_open_reservation: set[str] = set()
+        """Charge points known to have no open (Accepted, unexpired) reservation: a transaction
+        start there needs no reservation lookup. Kept on the writer (serialised with every
+        reservation write): added by a start's lookup that found none at the charger, removed
+        by any write that makes a reservation open. A fresh process knows none."""
         if service is not None:
             service.start_listeners.append(self.on_transaction_started)
         if routes is not None:
@@ -332,6 +337,8 @@ class OperationsService:
             row = await s.get(Reservation, rid)
             if row is None or (only_from is not None and row.status not in only_from):
                 return
+            if status == OPEN_RESERVATION:
+                self._no_open_reservation.discard(row.charge_point_id)
             row.status = status
             row.updated_at = utcnow()
             if transaction_pk is not None:
@@ -349,11 +356,21 @@ class OperationsService:
         """A new transaction start (both versions): the reservation it uses becomes Used (by
         its reservationId; else the open reservation of its idTag, or of its parent, on its
         connector or a charger-wide one). Runs before the charger is answered."""
+        if cp_id in self._no_open_reservation:
+            return  # nothing to mark: no lookup, no second group commit before the answer
         tag = canonical_id_tag(req.id_tag_raw)
         parent = result.auth.parent_id_tag
 
         async def unit(s: AsyncSession) -> int | None:
             now = utcnow()
+            any_open = (await s.execute(select(col(Reservation.id)).where(
+                col(Reservation.charge_point_id) == cp_id,
+                col(Reservation.status) == OPEN_RESERVATION,
+                col(Reservation.expiry_date) > now,
+            ).limit(1))).first()
+            if any_open is None:
+                self._no_open_reservation.add(cp_id)
+                return None
             q = select(Reservation).where(
                 col(Reservation.charge_point_id) == cp_id,
                 col(Reservation.status) == OPEN_RESERVATION,

@@ -25,7 +25,7 @@ OUTLET_W = 3680.0
 """16 A at 230 V."""
 
 
-async def wait_for(cond: Any, timeout: float = 15, what: str = "") -> Any:
+async def wait_for(cond: Any, timeout: float = 40, what: str = "") -> Any:
     async with asyncio.timeout(timeout):
         while True:
             value = await cond()
@@ -170,7 +170,7 @@ async def test_ten_chargers_and_four_outlets_on_a_100_a_feeder(
         for s in sessions[4:]:
             await server.api("POST", f"/api/v1/sessions/{s['id']}/stop", token=owner[s["id"]],
                              expect=202)
-        done = [await wait_status(server, s["id"], owner[s["id"]], "completed", timeout=20)
+        done = [await wait_status(server, s["id"], owner[s["id"]], "completed", timeout=60)
                 for s in sessions]
     finally:
         sampler.cancel()
@@ -323,7 +323,7 @@ async def test_ocpp201_start_pushes_a_valid_tx_profile(server_factory: Any) -> N
                 return p
         return None
 
-    tx = await wait_for(tx_profile, timeout=5, what="TxProfile")
+    tx = await wait_for(tx_profile, timeout=20, what="TxProfile")
     assert tx["evseId"] == 1
     assert tx["chargingProfile"]["transactionId"] == "TX-201-A"
     schedule = tx["chargingProfile"]["chargingSchedule"][0]
