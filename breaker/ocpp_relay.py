@@ -115,6 +115,56 @@ def _iso(at: datetime) -> str:
     return at.isoformat().replace("+00:00", "Z")
 
 
+def charging_profile_request(
+    version: str,
+    evse_id: int,
+    limit_a: Decimal,
+    *,
+    profile_id: int,
+    purpose: str,
+    stack_level: int = 0,
+    kind: str = "Absolute",
+    start: datetime | None = None,
+    transaction_id: str | None = None,
+    number_phases: int | None = None,
+    schedule_id: int | None = None,
+) -> dict[str, Any]:
+    """A SetChargingProfile request with one period of ``limit_a`` A from 0 s: OCPP 1.6 §5.16
+    (``version`` "1.6": connectorId + csChargingProfiles) or 2.0.1 K01 ("2.0.1": evseId +
+    chargingProfile with a list of schedules). ``kind`` Absolute starts at ``start`` (default
+    now, UTC); Relative has no start. ``transaction_id`` makes it a TxProfile's transaction
+    (an integer in 1.6); ``schedule_id`` is the 2.0.1 schedule id (default ``profile_id``)."""
+    period: dict[str, Any] = {"startPeriod": 0, "limit": float(limit_a)}
+    if number_phases is not None:
+        period["numberPhases"] = number_phases
+    schedule: dict[str, Any] = {"chargingRateUnit": "A", "chargingSchedulePeriod": [period]}
+    if kind == "Absolute":
+        schedule["startSchedule"] = _iso(start or now_utc())
+    profile: dict[str, Any] = {
+        "stackLevel": stack_level,
+        "chargingProfilePurpose": purpose,
+        "chargingProfileKind": kind,
+    }
+    if version == "1.6":
+        if transaction_id is not None:
+            profile["transactionId"] = int(transaction_id)
+        return {
+            "connectorId": evse_id,
+            "csChargingProfiles": {
+                "chargingProfileId": profile_id, **profile, "chargingSchedule": schedule
+            },
+        }
+    if transaction_id is not None:
+        profile["transactionId"] = transaction_id
+    sid = profile_id if schedule_id is None else schedule_id
+    return {
+        "evseId": evse_id,
+        "chargingProfile": {
+            "id": profile_id, **profile, "chargingSchedule": [{"id": sid, **schedule}]
+        },
+    }
+
+
 def profile_payload(
     version: str,
     connector_id: int,
@@ -124,31 +174,12 @@ def profile_payload(
     profile_id: int = 1,
     start: datetime | None = None,
 ) -> dict[str, Any]:
-    """The SetChargingProfile request: a TxDefaultProfile limiting the connector (1.6) /
-    EVSE (2.0.1) to ``limit_a`` A from ``start`` (default now, UTC) on."""
-    schedule: dict[str, Any] = {
-        "startSchedule": _iso(start or now_utc()),
-        "chargingRateUnit": "A",
-        "chargingSchedulePeriod": [{"startPeriod": 0, "limit": float(limit_a)}],
-    }
-    profile: dict[str, Any] = {
-        "stackLevel": stack_level,
-        "chargingProfilePurpose": "TxDefaultProfile",
-        "chargingProfileKind": "Absolute",
-    }
-    if version == "1.6":
-        return {
-            "connectorId": connector_id,
-            "csChargingProfiles": {
-                "chargingProfileId": profile_id, **profile, "chargingSchedule": schedule
-            },
-        }
-    return {
-        "evseId": connector_id,
-        "chargingProfile": {
-            "id": profile_id, **profile, "chargingSchedule": [{"id": profile_id, **schedule}]
-        },
-    }
+    """The relay's SetChargingProfile request: a TxDefaultProfile limiting the connector (1.6)
+    / EVSE (2.0.1) to ``limit_a`` A from ``start`` (default now, UTC) on."""
+    return charging_profile_request(
+        version, connector_id, limit_a, profile_id=profile_id, purpose="TxDefaultProfile",
+        stack_level=stack_level, start=start,
+    )
 
 
 _ACCEPTED = {"Accepted", "Scheduled"}

@@ -49,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from breaker.driver import BreakerState
+from breaker.ocpp_relay import charging_profile_request
 from csms.breakers import BreakerController
 from csms.commands import CommandService
 from csms.db import Database
@@ -767,14 +768,6 @@ class LoadManager:
             return
         await asyncio.gather(*(job() for job in up))
 
-    def _schedule(self, st: _SiteState, amps: Decimal, version: str) -> dict[str, Any]:
-        period: dict[str, Any] = {"startPeriod": 0, "limit": float(amps),
-                                  "numberPhases": st.site.phases}
-        schedule: dict[str, Any] = {"chargingRateUnit": "A", "chargingSchedulePeriod": [period]}
-        if version == rpc.OCPP201:
-            schedule["id"] = 1
-        return schedule
-
     async def _send(self, cp_id: str, payload: dict[str, Any]) -> bool:
         if self.registry.get(cp_id) is None:
             return False
@@ -789,25 +782,19 @@ class LoadManager:
             return False
         return True
 
+    def _version(self, cp_id: str) -> str:
+        """The charger's OCPP version as the payload builder names it ("1.6" / "2.0.1")."""
+        conn = self.registry.get(cp_id)
+        return "2.0.1" if conn is not None and conn.version == rpc.OCPP201 else "1.6"
+
     async def _push_tx(self, st: _SiteState, e: _Entry, amps: Decimal) -> bool:
         """TxProfile for a running transaction (1.6 §5.16 / 2.0.1 K01)."""
-        conn = self.registry.get(e.cp_id)
-        version = conn.version if conn is not None else rpc.OCPP16
-        profile: dict[str, Any] = {
-            "chargingProfileId": TX_PROFILE_ID + e.connector_id,
-            "stackLevel": TX_STACK_LEVEL,
-            "chargingProfilePurpose": "TxProfile",
-            "chargingProfileKind": "Relative",
-            "chargingSchedule": self._schedule(st, amps, version),
-        }
-        if version == rpc.OCPP201:
-            profile["id"] = profile.pop("chargingProfileId")
-            profile["transactionId"] = e.ocpp_id
-            profile["chargingSchedule"] = [profile["chargingSchedule"]]
-            payload = {"evseId": e.connector_id, "chargingProfile": profile}
-        else:
-            profile["transactionId"] = int(e.ocpp_id or 0)
-            payload = {"connectorId": e.connector_id, "csChargingProfiles": profile}
+        payload = charging_profile_request(
+            self._version(e.cp_id), e.connector_id, amps,
+            profile_id=TX_PROFILE_ID + e.connector_id, purpose="TxProfile",
+            stack_level=TX_STACK_LEVEL, kind="Relative", transaction_id=e.ocpp_id or "0",
+            number_phases=st.site.phases, schedule_id=1,
+        )
         if not await self._send(e.cp_id, payload):
             return False
         if st.running.get(e.key) is e:
@@ -819,22 +806,12 @@ class LoadManager:
 
     async def _push_max(self, st: _SiteState, cp_id: str, amps: Decimal) -> bool:
         """ChargePointMaxProfile (1.6) / ChargingStationMaxProfile (2.0.1) on connector 0."""
-        conn = self.registry.get(cp_id)
-        version = conn.version if conn is not None else rpc.OCPP16
-        profile: dict[str, Any] = {
-            "stackLevel": MAX_STACK_LEVEL,
-            "chargingProfileKind": "Absolute",
-            "chargingSchedule": {**self._schedule(st, amps, version),
-                                 "startSchedule": format_utc(utcnow())},
-        }
-        if version == rpc.OCPP201:
-            profile.update(id=MAX_PROFILE_ID, chargingProfilePurpose="ChargingStationMaxProfile",
-                           chargingSchedule=[profile["chargingSchedule"]])
-            payload = {"evseId": 0, "chargingProfile": profile}
-        else:
-            profile.update(chargingProfileId=MAX_PROFILE_ID,
-                           chargingProfilePurpose="ChargePointMaxProfile")
-            payload = {"connectorId": 0, "csChargingProfiles": profile}
+        version = self._version(cp_id)
+        payload = charging_profile_request(
+            version, 0, amps, profile_id=MAX_PROFILE_ID,
+            purpose="ChargePointMaxProfile" if version == "1.6" else "ChargingStationMaxProfile",
+            stack_level=MAX_STACK_LEVEL, number_phases=st.site.phases, schedule_id=1,
+        )
         if not await self._send(cp_id, payload):
             return False
         st.max_pushed[cp_id] = amps
