@@ -35,6 +35,15 @@ async def put_breaker(server: Server, bid: str, driver: dict[str, Any], **extra:
     return data
 
 
+async def put_tariff(server: Server, tariff_id: str, kind: str, price: str,
+                     hold: int) -> None:
+    """One price component (ENERGY per kWh / TIME per hour, 1 unit steps) in JPY."""
+    await server.api("PUT", f"/api/v1/tariffs/{tariff_id}", {
+        "currency": "JPY", "hold_amount": hold,
+        "elements": [{"price_components": [{"type": kind, "price": price, "step_size": 1}]}],
+    }, expect=201)
+
+
 def sim(server: Server, bid: str) -> SimulatedBreaker:
     """The simulated device behind breaker ``bid`` (the test plays the hardware)."""
     assert server.app.breakers is not None
@@ -228,10 +237,7 @@ async def test_offline_breaker_ends_on_the_last_good_reading(
 
 async def test_hold_reached_opens_the_breaker(server_factory: Any) -> None:
     server = await fast_server(server_factory)
-    _, _ = await server.api("PUT", "/api/v1/tariffs/small", {
-        "currency": "JPY", "hold_amount": 100,
-        "elements": [{"price_components": [{"type": "ENERGY", "price": "40", "step_size": 1}]}],
-    }, expect=201)
+    await put_tariff(server, "small", "ENERGY", "40", 100)
     await put_breaker(server, "BRK-H", {"type": "simulator", "power_w": 3_600_000},
                       tariff_id="small")
     await wait_breaker(server, "BRK-H", lambda b: b["state"] == "open")
@@ -248,10 +254,7 @@ async def test_time_tariff_on_an_outlet(server_factory: Any) -> None:
     """Plain outlets are mostly sold by time: ¥360,000/h in 1 s steps is ¥100 per started
     second; the bill is whole seconds x ¥100, from the close to the open."""
     server = await fast_server(server_factory)
-    await server.api("PUT", "/api/v1/tariffs/hourly", {
-        "currency": "JPY", "hold_amount": 3000,
-        "elements": [{"price_components": [{"type": "TIME", "price": "360000", "step_size": 1}]}],
-    }, expect=201)
+    await put_tariff(server, "hourly", "TIME", "360000", 3000)
     await put_breaker(server, "BRK-TIME", {"type": "simulator", "power_w": 2000},
                       tariff_id="hourly")
     await wait_breaker(server, "BRK-TIME", lambda b: b["state"] == "open")
@@ -402,10 +405,7 @@ async def test_second_session_on_a_breaker_is_metered_from_its_own_start(
     from 0 (a learned 'session-relative' register would bill it the whole lifetime register
     and stop it at once at the hold)."""
     server = await fast_server(server_factory)
-    await server.api("PUT", "/api/v1/tariffs/t200", {
-        "currency": "JPY", "hold_amount": 200,
-        "elements": [{"price_components": [{"type": "ENERGY", "price": "40", "step_size": 1}]}],
-    }, expect=201)
+    await put_tariff(server, "t200", "ENERGY", "40", 200)
     await put_breaker(server, "BRK-2", {"type": "simulator", "power_w": 3_600_000},
                       tariff_id="t200")
     await wait_breaker(server, "BRK-2", lambda b: b["state"] == "open")
